@@ -8,8 +8,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # build: libclang for RocksDB's bindgen, a C++ compiler for RocksDB itself
 # runtime: qemu-utils (qemu-img, qemu-nbd, qemu-storage-daemon), e2fsprogs (mkfs.ext4 -d)
-# bench: restic and zstd as the references the benchmark is judged against
-PKGS=(clang libclang-dev g++ make pkg-config qemu-utils e2fsprogs zstd restic)
+# bench: restic and zstd as the references the benchmark is judged against, bc for its sums
+PKGS=(clang libclang-dev g++ make pkg-config qemu-utils e2fsprogs zstd restic bc)
 
 missing=()
 for p in "${PKGS[@]}"; do

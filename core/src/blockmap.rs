@@ -1,5 +1,7 @@
 //! Block maps: which parts of a disk hold data, and which chunks a backup must read.
 
+use crate::range::ByteRange;
+
 /// What a stretch of a disk holds, as the source's allocation map says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtentKind {
@@ -45,16 +47,18 @@ impl ChunkPlan {
 pub enum BlockMapError {
     #[error("extent at {offset} does not start where the previous one ended ({expected})")]
     Gap { offset: u64, expected: u64 },
-    #[error("extents end at {end}, the disk is {disk_size} bytes")]
-    WrongEnd { end: u64, disk_size: u64 },
+    #[error("extents end at {end}, the range ends at {range_end}")]
+    WrongEnd { end: u64, range_end: u64 },
+    #[error("range {range} does not start on a chunk boundary or ends past the disk ({disk_size} bytes)")]
+    BadRange { range: ByteRange, disk_size: u64 },
     #[error("extent at {0} has zero length")]
     Empty(u64),
 }
 
-/// Merges adjacent extents of the same kind and checks that they tile `[0, disk_size)`.
-pub fn normalize(extents: &[Extent], disk_size: u64) -> Result<Vec<Extent>, BlockMapError> {
+/// Merges adjacent extents of the same kind and checks that they tile `range`.
+pub fn normalize(extents: &[Extent], range: ByteRange) -> Result<Vec<Extent>, BlockMapError> {
     let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
-    let mut expected = 0u64;
+    let mut expected = range.offset;
     for e in extents {
         if e.length == 0 {
             return Err(BlockMapError::Empty(e.offset));
@@ -71,32 +75,37 @@ pub fn normalize(extents: &[Extent], disk_size: u64) -> Result<Vec<Extent>, Bloc
             _ => out.push(*e),
         }
     }
-    if expected != disk_size {
+    if expected != range.end() {
         return Err(BlockMapError::WrongEnd {
             end: expected,
-            disk_size,
+            range_end: range.end(),
         });
     }
     Ok(out)
 }
 
-/// Plans every chunk of `[0, disk_size)`: which parts of each hold data.
-/// `extents` must tile the disk (see [`normalize`]).
+/// Plans every chunk of `range` (chunk-aligned, inside a disk of `disk_size`): which parts
+/// of each hold data. `extents` must tile the range (see [`normalize`]).
 pub fn plan_chunks(
     extents: &[Extent],
+    range: ByteRange,
     disk_size: u64,
     chunk_size: u32,
 ) -> Result<Vec<ChunkPlan>, BlockMapError> {
-    let extents = normalize(extents, disk_size)?;
     let cs = u64::from(chunk_size);
-    let n = disk_size.div_ceil(cs) as usize;
-    let mut plans: Vec<ChunkPlan> = (0..n)
+    if cs == 0 || range.offset % cs != 0 || range.end() > disk_size {
+        return Err(BlockMapError::BadRange { range, disk_size });
+    }
+    let extents = normalize(extents, range)?;
+    let first = (range.offset / cs) as usize;
+    let n = (range.length.div_ceil(cs)) as usize;
+    let mut plans: Vec<ChunkPlan> = (first..first + n)
         .map(|i| {
             let offset = i as u64 * cs;
             ChunkPlan {
                 index: i,
                 offset,
-                len: (disk_size - offset).min(cs) as u32,
+                len: (range.end() - offset).min(cs) as u32,
                 data: Vec::new(),
             }
         })
@@ -106,9 +115,9 @@ pub fn plan_chunks(
         let mut pos = e.offset;
         while pos < end {
             let i = (pos / cs) as usize;
-            let chunk_end = ((i as u64 + 1) * cs).min(disk_size);
+            let chunk_end = ((i as u64 + 1) * cs).min(range.end());
             let part_end = end.min(chunk_end);
-            plans[i].data.push((pos, part_end - pos));
+            plans[i - first].data.push((pos, part_end - pos));
             pos = part_end;
         }
     }
@@ -147,14 +156,16 @@ mod tests {
         fn every_data_byte_read_once(parts in proptest::collection::vec((1u64..300_000, any::<bool>()), 1..30)) {
             let (extents, size) = tiling(&parts);
             let cs = 64 * 1024;
-            let plans = plan_chunks(&extents, size, cs).unwrap();
+            let whole = ByteRange { offset: 0, length: size };
+            let merged = normalize(&extents, whole).unwrap();
+            let plans = plan_chunks(&extents, whole, size, cs).unwrap();
             prop_assert_eq!(plans.len() as u64, size.div_ceil(cs as u64));
             let data_total: u64 = extents.iter().filter(|e| e.kind == ExtentKind::Data).map(|e| e.length).sum();
             prop_assert_eq!(plans.iter().map(|p| p.data_len()).sum::<u64>(), data_total);
             for p in &plans {
                 for &(o, l) in &p.data {
                     prop_assert!(o >= p.offset && o + l <= p.offset + p.len as u64);
-                    let inside = extents.iter().any(|e| e.kind == ExtentKind::Data && o >= e.offset && o + l <= e.offset + e.length);
+                    let inside = merged.iter().any(|e| e.kind == ExtentKind::Data && o >= e.offset && o + l <= e.offset + e.length);
                     prop_assert!(inside);
                 }
             }
@@ -168,9 +179,11 @@ mod tests {
             length,
             kind: ExtentKind::Data,
         };
-        assert!(normalize(&[e(0, 10), e(11, 5)], 16).is_err());
-        assert!(normalize(&[e(0, 10)], 11).is_err());
-        assert!(normalize(&[e(0, 0)], 0).is_err());
-        assert_eq!(normalize(&[e(0, 10), e(10, 6)], 16).unwrap().len(), 1);
+        let r = |offset, length| ByteRange { offset, length };
+        assert!(normalize(&[e(0, 10), e(11, 5)], r(0, 16)).is_err());
+        assert!(normalize(&[e(0, 10)], r(0, 11)).is_err());
+        assert!(normalize(&[e(0, 0)], r(0, 0)).is_err());
+        assert_eq!(normalize(&[e(0, 10), e(10, 6)], r(0, 16)).unwrap().len(), 1);
+        assert_eq!(normalize(&[e(8, 8)], r(8, 8)).unwrap().len(), 1);
     }
 }

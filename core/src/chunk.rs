@@ -152,9 +152,16 @@ impl ChunkHeader {
     }
 }
 
-/// Decodes a chunk record and verifies it: the plaintext must hash to `expected`.
+/// Decodes a chunk record and verifies it: the header must name `expected` and the
+/// plaintext must hash to it.
 pub fn decode(expected: &Digest, record: &[u8]) -> Result<Vec<u8>, ChunkError> {
     let header = ChunkHeader::parse(record)?;
+    if header.digest != *expected {
+        return Err(ChunkError::DigestMismatch {
+            expected: *expected,
+            actual: header.digest,
+        });
+    }
     let payload = &record[CHUNK_HEADER_LEN..];
     if payload.len() != header.stored_len {
         return Err(ChunkError::LengthMismatch {

@@ -60,3 +60,5 @@ pub trait ChunkStore: Send + Sync {
     /// Reads one chunk and verifies it against its digest; returns the plaintext.
     async fn read(&self, digest: &Digest) -> Result<Bytes, StoreError>;
 }
+
+pub mod memory;

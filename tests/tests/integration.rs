@@ -1,1 +1,7 @@
+//! One integration-test binary (keeps link times down); one module per area.
 
+mod integration {
+    pub mod backup_restore;
+    pub mod bad_input;
+    pub mod dedup;
+}

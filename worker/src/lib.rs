@@ -1,1 +1,10 @@
+//! The worker: agentless sources (image files, NBD), the backup pipeline and the restore
+//! data path.
 
+pub mod error;
+pub mod nbd;
+pub mod pipeline;
+pub mod restore;
+pub mod source;
+
+pub use error::WorkerError;

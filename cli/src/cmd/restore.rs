@@ -1,0 +1,80 @@
+//! `bora restore SNAP --vm NAME --disk NAME --to TARGET [--format raw|qcow2]`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+
+use bora_core::index_store::load_index;
+use bora_core::store::ChunkStore;
+use bora_worker::restore::{RestoreStats, RestoreTarget, open_target, restore_disk};
+
+use crate::cli::RestoreArgs;
+use crate::output;
+use crate::repo::Repo;
+
+/// Restores one disk of a snapshot to `to`.
+pub async fn restore(
+    repo: &Repo,
+    snapshot: &str,
+    vm: &str,
+    disk: &str,
+    target: &RestoreTarget,
+) -> Result<(RestoreStats, u64, String)> {
+    let meta = repo.catalog.get(vm, snapshot)?;
+    let d = meta.disk(disk).ok_or_else(|| {
+        let names: Vec<&str> = meta.disks.iter().map(|d| d.disk.as_str()).collect();
+        anyhow!(
+            "snapshot {} of vm {vm} has no disk {disk:?} (it has: {})",
+            meta.id,
+            names.join(", ")
+        )
+    })?;
+    let store: Arc<dyn ChunkStore> = repo.store.clone();
+    let index = load_index(store.as_ref(), &d.index)
+        .await
+        .with_context(|| format!("loading the index of snapshot {} disk {disk}", meta.id))?;
+    let writer = open_target(target, d.size).await?;
+    let stats = restore_disk(store, &index, writer)
+        .await
+        .with_context(|| format!("restore of snapshot {} disk {disk} failed", meta.id))?;
+    Ok((stats, d.size, meta.id.to_string()))
+}
+
+pub async fn run(repo_dir: &Path, args: RestoreArgs, json: bool) -> Result<()> {
+    let started = Instant::now();
+    let repo = Repo::open(repo_dir, false, None)?;
+    let format = args
+        .format
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| anyhow!(e))?;
+    let target = RestoreTarget::parse(&args.to, format, args.force).map_err(|e| anyhow!(e))?;
+    let (stats, size, id) = restore(&repo, &args.snapshot, &args.vm, &args.disk, &target).await?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        output::json(&serde_json::json!({
+            "snapshot": id,
+            "vm": args.vm,
+            "disk": args.disk,
+            "to": args.to,
+            "size": size,
+            "bytes_written": stats.bytes_written,
+            "chunks_fetched": stats.chunks_fetched,
+            "chunks_zero": stats.chunks_zero,
+            "duration_s": secs,
+        }))
+    } else {
+        println!(
+            "restored snapshot {id} disk {} ({}) to {}: {} written in {secs:.1} s ({})",
+            args.disk,
+            output::bytes(size),
+            args.to,
+            output::bytes(stats.bytes_written),
+            output::rate(size, secs)
+        );
+        Ok(())
+    }
+}

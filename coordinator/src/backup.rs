@@ -1,0 +1,166 @@
+//! Running the backup of one disk: plan ranges, hand them to a worker, build the new index
+//! on top of the parent's, store the index. The snapshot is committed by the caller once
+//! every disk of the VM is done ([`crate::catalog::Catalog::commit`]).
+
+use std::collections::HashSet;
+
+use futures::{StreamExt, TryStreamExt};
+use tracing::{Instrument, info, info_span};
+
+use bora_core::Digest;
+use bora_core::index::{DiskIndex, IndexError, chunk_count};
+use bora_core::index_store::{IndexStoreError, load_index, store_index};
+use bora_core::job::{RangeTask, RangeWorker, TaskError};
+use bora_core::snapshot::{DiskSnapshot, DiskStats};
+use bora_core::store::ChunkStore;
+
+use crate::planner::{DEFAULT_RANGE_BYTES, split_disk};
+
+/// Why a disk backup failed. Nothing is committed when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("vm {vm} disk {disk}: {source}")]
+    Task {
+        vm: String,
+        disk: String,
+        #[source]
+        source: TaskError,
+    },
+    #[error("vm {vm} disk {disk}: parent index: {source}")]
+    ParentIndex {
+        vm: String,
+        disk: String,
+        #[source]
+        source: IndexStoreError,
+    },
+    #[error("vm {vm} disk {disk}: storing the index: {source}")]
+    StoreIndex {
+        vm: String,
+        disk: String,
+        #[source]
+        source: IndexStoreError,
+    },
+    #[error("vm {vm} disk {disk}: {source}")]
+    Index {
+        vm: String,
+        disk: String,
+        #[source]
+        source: IndexError,
+    },
+    #[error("vm {vm} disk {disk}: workers reported {reported} of {expected} chunks in a full backup")]
+    Incomplete {
+        vm: String,
+        disk: String,
+        reported: usize,
+        expected: u64,
+    },
+}
+
+/// One disk to back up.
+#[derive(Clone, Debug)]
+pub struct DiskJob<'a> {
+    pub job: String,
+    pub vm: String,
+    pub disk: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    /// Where the data comes from, recorded for the operator.
+    pub source: String,
+    /// The same disk in the parent snapshot, if any.
+    pub parent: Option<&'a DiskSnapshot>,
+    /// Ranges handed out at once.
+    pub concurrency: usize,
+}
+
+/// Backs up one disk through `worker`, storing chunks and the index in `store`.
+pub async fn backup_disk(
+    store: &dyn ChunkStore,
+    worker: &dyn RangeWorker,
+    job: DiskJob<'_>,
+) -> Result<DiskSnapshot, BackupError> {
+    let span = info_span!("backup_disk", job = %job.job, vm = %job.vm, disk = %job.disk);
+    async move {
+        let (vm, disk) = (job.vm.clone(), job.disk.clone());
+        let index_err = |source| BackupError::Index {
+            vm: vm.clone(),
+            disk: disk.clone(),
+            source,
+        };
+        // The parent's index is the base the new one overlays; its chunk size must match.
+        let base = match job.parent.filter(|p| p.index.chunk_size == job.chunk_size) {
+            Some(p) => load_index(store, &p.index)
+                .await
+                .map_err(|source| BackupError::ParentIndex {
+                    vm: vm.clone(),
+                    disk: disk.clone(),
+                    source,
+                })?,
+            None => DiskIndex::zeroed(job.size, job.chunk_size).map_err(index_err)?,
+        };
+        let ranges = split_disk(job.size, job.chunk_size, DEFAULT_RANGE_BYTES);
+        info!(size = job.size, ranges = ranges.len(), "planned");
+        let tasks = ranges.into_iter().map(|range| RangeTask {
+            job: job.job.clone(),
+            vm: vm.clone(),
+            disk: disk.clone(),
+            range,
+            chunk_size: job.chunk_size,
+        });
+        let results: Vec<_> = futures::stream::iter(tasks)
+            .map(|t| worker.backup_range(t))
+            .buffer_unordered(job.concurrency.max(1))
+            .try_collect()
+            .await
+            .map_err(|source| BackupError::Task {
+                vm: vm.clone(),
+                disk: disk.clone(),
+                source,
+            })?;
+
+        let mut stats = DiskStats::default();
+        let mut changes: Vec<(usize, Option<Digest>)> = Vec::new();
+        for r in results {
+            stats.bytes_read += r.stats.bytes_read;
+            stats.bytes_uploaded += r.stats.bytes_uploaded;
+            stats.chunks_new += r.stats.chunks_new;
+            stats.chunks_reused += r.stats.chunks_reused;
+            stats.chunks_zero += r.stats.chunks_zero;
+            changes.extend(r.entries);
+        }
+        // A full read reports every chunk; a gap would silently take the parent's data.
+        let expected = chunk_count(job.size, job.chunk_size);
+        let distinct: HashSet<usize> = changes.iter().map(|(i, _)| *i).collect();
+        if distinct.len() as u64 != expected {
+            return Err(BackupError::Incomplete {
+                vm,
+                disk,
+                reported: distinct.len(),
+                expected,
+            });
+        }
+        let index = base.overlay(job.size, changes).map_err(index_err)?;
+        let index_ref = store_index(store, &index)
+            .await
+            .map_err(|source| BackupError::StoreIndex {
+                vm: vm.clone(),
+                disk: disk.clone(),
+                source,
+            })?;
+        info!(
+            bytes_read = stats.bytes_read,
+            bytes_uploaded = stats.bytes_uploaded,
+            chunks_new = stats.chunks_new,
+            chunks_reused = stats.chunks_reused,
+            "disk done"
+        );
+        Ok(DiskSnapshot {
+            disk,
+            size: job.size,
+            index: index_ref,
+            source: job.source,
+            stats,
+        })
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,258 @@
+//! The backup pipeline of one block range: read → hash → (dedup query) → compress → upload.
+//!
+//! Stages overlap: reads and hashing run several chunks ahead on the blocking pool, batches
+//! of hashed chunks ask the store which digests it lacks in one query, and only those are
+//! compressed (in parallel) and uploaded as one pack. All-zero chunks are never uploaded.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use tracing::{Instrument, debug, info_span};
+
+use bora_core::Digest;
+use bora_core::blockmap::{ChunkPlan, plan_chunks};
+use bora_core::chunk::{self, EncodedChunk};
+use bora_core::job::{RangeResult, RangeTask};
+use bora_core::snapshot::DiskStats;
+use bora_core::store::ChunkStore;
+
+use crate::error::WorkerError;
+use crate::source::BlockSource;
+
+/// Tuning of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Chunks read and hashed ahead of the dedup stage.
+    pub read_ahead: usize,
+    /// Chunks per dedup query and per uploaded pack.
+    pub batch: usize,
+    /// Batches compressed/uploaded at once.
+    pub uploads: usize,
+    pub zstd_level: i32,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            read_ahead: 6,
+            batch: 8,
+            uploads: 2,
+            zstd_level: chunk::DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+/// A chunk after reading and hashing.
+struct Hashed {
+    index: usize,
+    bytes_read: u64,
+    /// `None` when the chunk is all zeros.
+    data: Option<(Digest, Bytes)>,
+}
+
+/// Digests this job has already sent (or found stored), so a chunk repeated within a job
+/// is uploaded once even when two batches ask the store at the same time.
+#[derive(Default)]
+pub struct SeenDigests(Mutex<HashSet<Digest>>);
+
+impl SeenDigests {
+    /// Marks `d` seen; true if it was not seen before.
+    fn claim(&self, d: Digest) -> bool {
+        self.0.lock().map(|mut s| s.insert(d)).unwrap_or(true)
+    }
+}
+
+/// Whether `data` is all zeros (compared 16 bytes at a time, which vectorises well).
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    let (head, body) = data.split_at(data.len() % 16);
+    head.iter().all(|b| *b == 0)
+        && body
+            .chunks_exact(16)
+            .all(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])) == 0)
+}
+
+async fn read_chunk(
+    source: &dyn BlockSource,
+    plan: ChunkPlan,
+) -> Result<Hashed, WorkerError> {
+    if plan.is_zero() {
+        return Ok(Hashed {
+            index: plan.index,
+            bytes_read: 0,
+            data: None,
+        });
+    }
+    let bytes_read = plan.data_len();
+    let data = if plan.data.len() == 1 && plan.data[0] == (plan.offset, u64::from(plan.len)) {
+        source.read(plan.offset, plan.len).await?
+    } else {
+        let mut buf = BytesMut::zeroed(plan.len as usize);
+        for &(off, len) in &plan.data {
+            let part = source.read(off, len as u32).await?;
+            let at = (off - plan.offset) as usize;
+            buf[at..at + part.len()].copy_from_slice(&part);
+        }
+        buf.freeze()
+    };
+    let hashed = tokio::task::spawn_blocking(move || {
+        if is_zero(&data) {
+            None
+        } else {
+            Some((Digest::of(&data), data))
+        }
+    })
+    .await
+    .map_err(|e| WorkerError::Internal(e.to_string()))?;
+    Ok(Hashed {
+        index: plan.index,
+        bytes_read,
+        data: hashed,
+    })
+}
+
+/// Dedups, compresses and uploads one batch; returns its index entries and counters.
+async fn store_batch(
+    store: &dyn ChunkStore,
+    seen: &SeenDigests,
+    batch: Vec<Hashed>,
+    level: i32,
+) -> Result<RangeResult, WorkerError> {
+    let mut result = RangeResult::default();
+    let digests: Vec<Digest> = batch
+        .iter()
+        .filter_map(|h| h.data.as_ref().map(|(d, _)| *d))
+        .collect();
+    let missing: HashSet<Digest> = if digests.is_empty() {
+        HashSet::new()
+    } else {
+        let flags = store.missing(&digests).await?;
+        digests
+            .iter()
+            .zip(flags)
+            .filter(|(_, m)| *m)
+            .map(|(d, _)| *d)
+            .collect()
+    };
+    let mut to_encode = Vec::new();
+    for h in batch {
+        result.stats.bytes_read += h.bytes_read;
+        match h.data {
+            None => {
+                result.stats.chunks_zero += 1;
+                result.entries.push((h.index, None));
+            }
+            Some((digest, data)) => {
+                result.entries.push((h.index, Some(digest)));
+                if missing.contains(&digest) && seen.claim(digest) {
+                    to_encode.push((digest, data));
+                } else {
+                    result.stats.chunks_reused += 1;
+                }
+            }
+        }
+    }
+    if to_encode.is_empty() {
+        return Ok(result);
+    }
+    let encoded: Vec<EncodedChunk> = futures::future::try_join_all(to_encode.into_iter().map(
+        |(digest, data)| async move {
+            tokio::task::spawn_blocking(move || chunk::encode_with_digest(digest, &data, level))
+                .await
+                .map_err(|e| WorkerError::Internal(e.to_string()))?
+                .map_err(WorkerError::from)
+        },
+    ))
+    .await?;
+    let outcome = store.put(encoded).await?;
+    result.stats.chunks_new += outcome.chunks_new;
+    result.stats.chunks_reused += outcome.chunks_existing;
+    result.stats.bytes_uploaded += outcome.bytes_written;
+    Ok(result)
+}
+
+/// Backs up every chunk of `task.range`: the result has one entry per chunk.
+pub async fn backup_range(
+    source: &dyn BlockSource,
+    store: &dyn ChunkStore,
+    seen: &SeenDigests,
+    task: &RangeTask,
+    opts: &PipelineOptions,
+) -> Result<RangeResult, WorkerError> {
+    let span = info_span!("backup_range", job = %task.job, vm = %task.vm, disk = %task.disk, range = %task.range);
+    async move {
+        let extents = source.extents(task.range).await?;
+        let plans = plan_chunks(&extents, task.range, source.size(), task.chunk_size)?;
+        debug!(chunks = plans.len(), "planned chunks");
+        let level = opts.zstd_level;
+        let parts: Vec<RangeResult> = futures::stream::iter(plans)
+            .map(|plan| read_chunk(source, plan))
+            .buffered(opts.read_ahead.max(1))
+            .try_ready_chunks(opts.batch.max(1))
+            .map_err(|e| e.1)
+            .map_ok(|batch| store_batch(store, seen, batch, level))
+            .try_buffered(opts.uploads.max(1))
+            .try_collect()
+            .await?;
+        let mut out = RangeResult::default();
+        for p in parts {
+            add_stats(&mut out.stats, &p.stats);
+            out.entries.extend(p.entries);
+        }
+        Ok(out)
+    }
+    .instrument(span)
+    .await
+}
+
+fn add_stats(a: &mut DiskStats, b: &DiskStats) {
+    a.bytes_read += b.bytes_read;
+    a.bytes_uploaded += b.bytes_uploaded;
+    a.chunks_new += b.chunks_new;
+    a.chunks_reused += b.chunks_reused;
+    a.chunks_zero += b.chunks_zero;
+}
+
+/// Shares a source, a store and the job's seen-digests between range tasks.
+pub struct SourceWorker {
+    pub source: Arc<dyn BlockSource>,
+    pub store: Arc<dyn ChunkStore>,
+    pub seen: SeenDigests,
+    pub opts: PipelineOptions,
+}
+
+#[async_trait::async_trait]
+impl bora_core::job::RangeWorker for SourceWorker {
+    async fn backup_range(
+        &self,
+        task: RangeTask,
+    ) -> Result<RangeResult, bora_core::job::TaskError> {
+        backup_range(
+            self.source.as_ref(),
+            self.store.as_ref(),
+            &self.seen,
+            &task,
+            &self.opts,
+        )
+        .await
+        .map_err(|e| bora_core::job::TaskError(format!("range {}: {e}", task.range)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 4099]));
+        let mut v = vec![0u8; 4099];
+        v[4098] = 1;
+        assert!(!is_zero(&v));
+        v[4098] = 0;
+        v[1] = 1;
+        assert!(!is_zero(&v));
+    }
+}

@@ -1,0 +1,182 @@
+//! Restoring a disk from its snapshot index: fetch chunks in parallel from the store
+//! (each verified against its digest), write them at their offsets; all-zero chunks and
+//! zero blocks inside chunks are left as holes on fresh targets.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use tracing::{Instrument, info, info_span};
+
+use bora_core::Digest;
+use bora_core::index::DiskIndex;
+use bora_core::store::{ChunkStore, StoreError};
+
+mod file;
+mod nbd_target;
+mod target;
+
+pub use target::{RestoreTarget, open_target};
+
+use crate::pipeline::is_zero;
+use target::DiskWriter;
+
+/// Granularity at which zeros inside a chunk are left unwritten (holes stay holes).
+const ZERO_BLOCK: usize = 4096;
+/// Chunks fetched from the store at once.
+const FETCH_AHEAD: usize = 6;
+
+/// Why a restore failed. A partial output file is removed before this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("chunk {digest} of disk offset {offset} (chunk {index}): {source}")]
+    Chunk {
+        digest: Digest,
+        offset: u64,
+        index: usize,
+        #[source]
+        source: StoreError,
+    },
+    #[error("restore target {target}: {reason}")]
+    Target { target: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a restore did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    pub bytes_written: u64,
+    pub chunks_fetched: u64,
+    pub chunks_zero: u64,
+}
+
+/// Splits `data` at `base` into runs of non-zero [`ZERO_BLOCK`]s: `(offset, start, end)`.
+fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (i, block) in data.chunks(ZERO_BLOCK).enumerate() {
+        let at = i * ZERO_BLOCK;
+        match (is_zero(block), start) {
+            (false, None) => start = Some(at),
+            (true, Some(s)) => {
+                runs.push((s, at));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        runs.push((s, data.len()));
+    }
+    runs
+}
+
+/// Writes the disk described by `index` into `target`.
+pub async fn restore_disk(
+    store: Arc<dyn ChunkStore>,
+    index: &DiskIndex,
+    target: Box<dyn DiskWriter>,
+) -> Result<RestoreStats, RestoreError> {
+    let span = info_span!("restore_disk", target = %target.name(), size = index.disk_size());
+    let result = async {
+        let fresh = target.is_fresh();
+        let mut stats = RestoreStats::default();
+        let chunks = (0..index.len()).map(|i| (i, index.chunk_extent(i), index.get(i)));
+        let mut fetched = futures::stream::iter(chunks)
+            .map(|(i, (offset, len), digest)| {
+                let store = store.clone();
+                async move {
+                    let Some(digest) = digest else {
+                        return Ok((offset, len, None));
+                    };
+                    let data = store.read(&digest).await.map_err(|source| {
+                        RestoreError::Chunk {
+                            digest,
+                            offset,
+                            index: i,
+                            source,
+                        }
+                    })?;
+                    if data.len() != len as usize {
+                        return Err(RestoreError::Chunk {
+                            digest,
+                            offset,
+                            index: i,
+                            source: StoreError::Invalid(format!(
+                                "chunk is {} bytes, the index expects {len}",
+                                data.len()
+                            )),
+                        });
+                    }
+                    Ok((offset, len, Some(data)))
+                }
+            })
+            .buffered(FETCH_AHEAD);
+        while let Some((offset, len, data)) = fetched.try_next().await? {
+            match data {
+                None => {
+                    stats.chunks_zero += 1;
+                    if !fresh {
+                        target.write_zeroes(offset, len).await?;
+                    }
+                }
+                Some(data) => {
+                    stats.chunks_fetched += 1;
+                    let runs = nonzero_runs(&data);
+                    if !fresh {
+                        let mut pos = 0;
+                        for &(s, e) in &runs {
+                            if s > pos {
+                                target.write_zeroes(offset + pos as u64, (s - pos) as u32).await?;
+                            }
+                            pos = e;
+                        }
+                        if pos < data.len() {
+                            target
+                                .write_zeroes(offset + pos as u64, (data.len() - pos) as u32)
+                                .await?;
+                        }
+                    }
+                    for (s, e) in runs {
+                        target.write_at(offset + s as u64, data.slice(s..e)).await?;
+                        stats.bytes_written += (e - s) as u64;
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+    .instrument(span.clone())
+    .await;
+    match result {
+        Ok(stats) => {
+            target.finish().instrument(span).await?;
+            info!(bytes_written = stats.bytes_written, "restored");
+            Ok(stats)
+        }
+        Err(e) => {
+            target.abort().await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_skip_zero_blocks() {
+        let mut d = vec![0u8; ZERO_BLOCK * 5 + 100];
+        d[ZERO_BLOCK + 3] = 1;
+        d[ZERO_BLOCK * 5 + 50] = 1;
+        assert_eq!(
+            nonzero_runs(&d),
+            vec![
+                (ZERO_BLOCK, 2 * ZERO_BLOCK),
+                (5 * ZERO_BLOCK, 5 * ZERO_BLOCK + 100)
+            ]
+        );
+        assert!(nonzero_runs(&[0; 10]).is_empty());
+    }
+}

@@ -1,0 +1,206 @@
+//! An image served read-only by `qemu-nbd` on a private unix socket and read through
+//! Bora's NBD client: QEMU's own block layer interprets the format (qcow2), Bora never
+//! parses it. Allocation comes from NBD `base:allocation` block status.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+use bora_core::ByteRange;
+use bora_core::blockmap::{Extent, ExtentKind};
+
+use super::image::ImageFormat;
+use super::{BlockSource, SourceError};
+use crate::nbd::{NbdAddr, NbdClient};
+
+/// NBD `base:allocation` flag: the extent reads as zeros.
+const NBD_STATE_ZERO: u32 = 2;
+/// Connections to the server: reads are spread over them.
+const CONNECTIONS: usize = 4;
+
+/// A `qemu-nbd` child process serving one image on a unix socket in a private directory.
+/// Killed when dropped.
+pub struct QemuNbdServer {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl QemuNbdServer {
+    /// Serves `image` as export `disk`; `writable` for restore targets. Waits until the
+    /// socket accepts connections, or reports why qemu-nbd exited.
+    pub async fn start(
+        image: &Path,
+        format: ImageFormat,
+        writable: bool,
+    ) -> Result<QemuNbdServer, SourceError> {
+        let name = image.display().to_string();
+        let open_err = |reason: String| SourceError::Open {
+            path: name.clone(),
+            reason,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("bora-nbd-")
+            .tempdir()
+            .map_err(|e| open_err(format!("temp dir for the NBD socket: {e}")))?;
+        let socket = dir.path().join("nbd.sock");
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.arg("--persistent")
+            .arg(format!("--shared={}", CONNECTIONS + 1))
+            .arg(format!("--format={}", format.as_str()))
+            .arg("--export-name=disk")
+            .arg("--socket")
+            .arg(&socket);
+        if !writable {
+            cmd.arg("--read-only");
+        }
+        cmd.arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| open_err(format!("cannot run qemu-nbd (install qemu-utils): {e}")))?;
+        // qemu-nbd creates the socket once the image is open.
+        for _ in 0..400 {
+            if let Some(status) = child.try_wait().map_err(|e| open_err(e.to_string()))? {
+                let mut msg = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut msg).await;
+                }
+                return Err(open_err(format!(
+                    "qemu-nbd exited ({status}): {}",
+                    msg.trim()
+                )));
+            }
+            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+                return Ok(QemuNbdServer {
+                    child,
+                    socket,
+                    _dir: dir,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(open_err("qemu-nbd did not start serving within 10 s".into()))
+    }
+
+    pub fn addr(&self) -> NbdAddr {
+        NbdAddr::Unix(self.socket.clone())
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit, so the image is closed
+    /// cleanly (qcow2 metadata written); SIGKILL if it does not exit within 10 s.
+    pub async fn stop(mut self) -> Result<(), String> {
+        let pid = self
+            .child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32));
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            // Its exit status after SIGTERM says nothing about the image.
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err("qemu-nbd did not exit within 10 s of SIGTERM".into())
+            }
+        }
+    }
+}
+
+/// A read-only image served by qemu-nbd.
+pub struct QemuNbdSource {
+    clients: Vec<NbdClient>,
+    next: AtomicUsize,
+    size: u64,
+    name: String,
+    _server: QemuNbdServer,
+}
+
+impl QemuNbdSource {
+    pub async fn open(image: &Path, format: ImageFormat) -> Result<QemuNbdSource, SourceError> {
+        let name = image.display().to_string();
+        let server = QemuNbdServer::start(image, format, false).await?;
+        let mut clients = Vec::with_capacity(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            let c = NbdClient::connect(&server.addr(), "disk", &["base:allocation"])
+                .await
+                .map_err(|e| SourceError::Open {
+                    path: name.clone(),
+                    reason: format!("connecting to qemu-nbd: {e}"),
+                })?;
+            clients.push(c);
+        }
+        let size = clients[0].size();
+        Ok(QemuNbdSource {
+            clients,
+            next: AtomicUsize::new(0),
+            size,
+            name,
+            _server: server,
+        })
+    }
+
+    fn client(&self) -> &NbdClient {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+}
+
+#[async_trait]
+impl BlockSource for QemuNbdSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn extents(&self, range: ByteRange) -> Result<Vec<Extent>, SourceError> {
+        let status = self
+            .client()
+            .block_status("base:allocation", range.offset, range.length)
+            .await
+            .map_err(|e| SourceError::Map {
+                source_name: self.name.clone(),
+                range,
+                reason: e.to_string(),
+            })?;
+        Ok(status
+            .into_iter()
+            .map(|e| Extent {
+                offset: e.offset,
+                length: e.length,
+                // HOLE without ZERO may read as non-zero (a backing file): read it.
+                kind: if e.flags & NBD_STATE_ZERO != 0 {
+                    ExtentKind::Zero
+                } else {
+                    ExtentKind::Data
+                },
+            })
+            .collect())
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, SourceError> {
+        self.client()
+            .read(offset, len)
+            .await
+            .map_err(|e| SourceError::Read {
+                source_name: self.name.clone(),
+                offset,
+                len: u64::from(len),
+                reason: e.to_string(),
+            })
+    }
+}
