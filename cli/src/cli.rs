@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bora", version, about = "Bora: Backup Once, Recover Any — image-based VM backup")]
+#[command(
+    name = "bora",
+    version,
+    about = "Bora: Backup Once, Recover Any — image-based VM backup"
+)]
 pub struct Cli {
     /// Local repository of the embedded default.
     #[arg(long, global = true, env = "BORA_REPO", value_name = "DIR")]

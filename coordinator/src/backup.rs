@@ -47,7 +47,9 @@ pub enum BackupError {
         #[source]
         source: IndexError,
     },
-    #[error("vm {vm} disk {disk}: workers reported {reported} of {expected} chunks in a full backup")]
+    #[error(
+        "vm {vm} disk {disk}: workers reported {reported} of {expected} chunks in a full backup"
+    )]
     Incomplete {
         vm: String,
         disk: String,
@@ -87,16 +89,17 @@ pub async fn backup_disk(
             source,
         };
         // The parent's index is the base the new one overlays; its chunk size must match.
-        let base = match job.parent.filter(|p| p.index.chunk_size == job.chunk_size) {
-            Some(p) => load_index(store, &p.index)
-                .await
-                .map_err(|source| BackupError::ParentIndex {
-                    vm: vm.clone(),
-                    disk: disk.clone(),
-                    source,
+        let base =
+            match job.parent.filter(|p| p.index.chunk_size == job.chunk_size) {
+                Some(p) => load_index(store, &p.index).await.map_err(|source| {
+                    BackupError::ParentIndex {
+                        vm: vm.clone(),
+                        disk: disk.clone(),
+                        source,
+                    }
                 })?,
-            None => DiskIndex::zeroed(job.size, job.chunk_size).map_err(index_err)?,
-        };
+                None => DiskIndex::zeroed(job.size, job.chunk_size).map_err(index_err)?,
+            };
         let ranges = split_disk(job.size, job.chunk_size, DEFAULT_RANGE_BYTES);
         info!(size = job.size, ranges = ranges.len(), "planned");
         let tasks = ranges.into_iter().map(|range| RangeTask {
@@ -139,13 +142,14 @@ pub async fn backup_disk(
             });
         }
         let index = base.overlay(job.size, changes).map_err(index_err)?;
-        let index_ref = store_index(store, &index)
-            .await
-            .map_err(|source| BackupError::StoreIndex {
-                vm: vm.clone(),
-                disk: disk.clone(),
-                source,
-            })?;
+        let index_ref =
+            store_index(store, &index)
+                .await
+                .map_err(|source| BackupError::StoreIndex {
+                    vm: vm.clone(),
+                    disk: disk.clone(),
+                    source,
+                })?;
         info!(
             bytes_read = stats.bytes_read,
             bytes_uploaded = stats.bytes_uploaded,
@@ -163,4 +167,72 @@ pub async fn backup_disk(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bora_core::job::RangeResult;
+    use bora_core::store::memory::MemoryChunkStore;
+
+    const CS: u32 = 64 << 10;
+
+    /// A worker that reports a digest for every chunk except those in `skip`.
+    struct Fake {
+        skip: Vec<usize>,
+    }
+
+    #[async_trait::async_trait]
+    impl RangeWorker for Fake {
+        async fn backup_range(&self, t: RangeTask) -> Result<RangeResult, TaskError> {
+            let first = (t.range.offset / u64::from(CS)) as usize;
+            let n = t.range.length.div_ceil(u64::from(CS)) as usize;
+            let entries = (first..first + n)
+                .filter(|i| !self.skip.contains(i))
+                .map(|i| (i, (i % 2 == 0).then(|| Digest::of(&i.to_le_bytes()))))
+                .collect();
+            Ok(RangeResult {
+                entries,
+                ..Default::default()
+            })
+        }
+    }
+
+    fn job(size: u64) -> DiskJob<'static> {
+        DiskJob {
+            job: "j".into(),
+            vm: "vm".into(),
+            disk: "d".into(),
+            size,
+            chunk_size: CS,
+            source: "test".into(),
+            parent: None,
+            concurrency: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn full_backup_builds_and_stores_the_index() {
+        let store = MemoryChunkStore::default();
+        let size = u64::from(CS) * 100 + 7;
+        let snap = backup_disk(&store, &Fake { skip: vec![] }, job(size))
+            .await
+            .unwrap();
+        let index = load_index(&store, &snap.index).await.unwrap();
+        assert_eq!(index.len(), 101);
+        assert_eq!(index.get(4), Some(Digest::of(&4usize.to_le_bytes())));
+        assert_eq!(index.get(5), None);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_missing_from_the_report_fails_the_backup() {
+        let store = MemoryChunkStore::default();
+        let err = backup_disk(&store, &Fake { skip: vec![3] }, job(u64::from(CS) * 10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BackupError::Incomplete { reported: 9, .. }),
+            "{err}"
+        );
+    }
 }

@@ -172,13 +172,27 @@ mod tests {
             c.commit(&meta("a", id)).unwrap();
         }
         c.commit(&meta("b", "s4")).unwrap();
-        let ids: Vec<_> = c.list(Some("a")).unwrap().into_iter().map(|m| m.id.to_string()).collect();
+        let ids: Vec<_> = c
+            .list(Some("a"))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id.to_string())
+            .collect();
         assert_eq!(ids, ["s1", "s2", "s3"]);
         assert_eq!(c.get("a", "latest").unwrap().id.as_str(), "s3");
         assert_eq!(c.list(None).unwrap().len(), 4);
-        assert!(matches!(c.get("a", "s4"), Err(CatalogError::NotFound { .. })));
-        assert!(matches!(c.get("zz", "latest"), Err(CatalogError::NoSnapshots(_))));
-        assert!(matches!(c.commit(&meta("a", "s1")), Err(CatalogError::Duplicate(_))));
+        assert!(matches!(
+            c.get("a", "s4"),
+            Err(CatalogError::NotFound { .. })
+        ));
+        assert!(matches!(
+            c.get("zz", "latest"),
+            Err(CatalogError::NoSnapshots(_))
+        ));
+        assert!(matches!(
+            c.commit(&meta("a", "s1")),
+            Err(CatalogError::Duplicate(_))
+        ));
     }
 
     #[test]

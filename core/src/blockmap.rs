@@ -49,7 +49,9 @@ pub enum BlockMapError {
     Gap { offset: u64, expected: u64 },
     #[error("extents end at {end}, the range ends at {range_end}")]
     WrongEnd { end: u64, range_end: u64 },
-    #[error("range {range} does not start on a chunk boundary or ends past the disk ({disk_size} bytes)")]
+    #[error(
+        "range {range} does not start on a chunk boundary or ends past the disk ({disk_size} bytes)"
+    )]
     BadRange { range: ByteRange, disk_size: u64 },
     #[error("extent at {0} has zero length")]
     Empty(u64),
@@ -93,7 +95,7 @@ pub fn plan_chunks(
     chunk_size: u32,
 ) -> Result<Vec<ChunkPlan>, BlockMapError> {
     let cs = u64::from(chunk_size);
-    if cs == 0 || range.offset % cs != 0 || range.end() > disk_size {
+    if cs == 0 || !range.offset.is_multiple_of(cs) || range.end() > disk_size {
         return Err(BlockMapError::BadRange { range, disk_size });
     }
     let extents = normalize(extents, range)?;

@@ -40,7 +40,9 @@ pub enum ChunkError {
     TooShort(usize),
     #[error("chunk record has bad magic {0:02x?}")]
     BadMagic([u8; 4]),
-    #[error("chunk format version {0} is not supported (this build reads version {CHUNK_FORMAT_VERSION})")]
+    #[error(
+        "chunk format version {0} is not supported (this build reads version {CHUNK_FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u8),
     #[error("chunk uses unknown codec {0}")]
     UnknownCodec(u8),

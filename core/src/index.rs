@@ -31,7 +31,9 @@ pub enum IndexError {
     BadChunkSize(u32),
     #[error("index piece {piece}: {reason}")]
     BadPiece { piece: usize, reason: String },
-    #[error("index has {actual} entries, a {disk_size}-byte disk at chunk size {chunk_size} needs {expected}")]
+    #[error(
+        "index has {actual} entries, a {disk_size}-byte disk at chunk size {chunk_size} needs {expected}"
+    )]
     WrongLength {
         disk_size: u64,
         chunk_size: u32,

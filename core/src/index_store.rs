@@ -37,7 +37,11 @@ pub async fn store_index(
     let mut new = Vec::new();
     for ((piece, digest), missing) in pieces.iter().zip(&digests).zip(missing) {
         if missing {
-            new.push(chunk::encode_with_digest(*digest, piece, DEFAULT_ZSTD_LEVEL)?);
+            new.push(chunk::encode_with_digest(
+                *digest,
+                piece,
+                DEFAULT_ZSTD_LEVEL,
+            )?);
         }
     }
     if !new.is_empty() {

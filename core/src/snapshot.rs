@@ -81,7 +81,9 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
         && name.len() <= 128
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
     if ok {
         Ok(())
     } else {
@@ -166,6 +168,9 @@ mod tests {
     #[test]
     fn time_is_rfc3339() {
         let t = now_rfc3339();
-        assert!(time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).is_ok(), "{t}");
+        assert!(
+            time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).is_ok(),
+            "{t}"
+        );
     }
 }

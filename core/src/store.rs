@@ -31,9 +31,11 @@ pub enum StoreError {
         digest: Digest,
         location: String,
         #[source]
-        source: ChunkError,
+        source: Box<ChunkError>,
     },
-    #[error("chunk {digest} is already stored with a different size ({existing} bytes, new {new} bytes)")]
+    #[error(
+        "chunk {digest} is already stored with a different size ({existing} bytes, new {new} bytes)"
+    )]
     SizeConflict {
         digest: Digest,
         existing: u64,

@@ -81,7 +81,7 @@ impl From<StorageError> for StoreError {
             } => StoreError::Corrupt {
                 digest,
                 location,
-                source: *source,
+                source,
             },
             StorageError::SizeConflict {
                 digest,

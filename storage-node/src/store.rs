@@ -33,6 +33,8 @@ async fn blocking<T: Send + 'static>(
 pub struct LocalChunkStore {
     index: Arc<dyn ChunkIndex>,
     backend: Arc<dyn PackBackend>,
+    /// Decode and re-hash every new chunk on `put` (see [`LocalChunkStore::verify_puts`]).
+    verify_puts: bool,
 }
 
 impl std::fmt::Debug for LocalChunkStore {
@@ -72,7 +74,21 @@ impl LocalChunkStore {
 
     /// A store over an index and a backend that are already open.
     pub fn from_parts(index: Arc<dyn ChunkIndex>, backend: Arc<dyn PackBackend>) -> Self {
-        LocalChunkStore { index, backend }
+        LocalChunkStore {
+            index,
+            backend,
+            verify_puts: true,
+        }
+    }
+
+    /// Whether `put` decodes and re-hashes every new chunk before storing it (default:
+    /// yes). Keep it on wherever chunks arrive from another process (the gRPC service);
+    /// the embedded default turns it off because its worker hashed the very bytes it
+    /// encodes in the same process, and the check would double the CPU cost of a backup.
+    /// Reads always verify.
+    pub fn verify_puts(mut self, on: bool) -> Self {
+        self.verify_puts = on;
+        self
     }
 
     /// Exact counts of indexed chunks and their record bytes.

@@ -6,7 +6,8 @@
 //! trusted: every length from the wire is capped before anything is allocated, every reply
 //! is checked against its request, and any violation fails the connection with a typed
 //! [`NbdError`] instead of a panic or a hang. Protocol: doc/proto.md of
-//! github.com/NetworkBlockDevice/nbd; QEMU's behaviour: docs/reference/qemu-block-layer.md.
+//! github.com/NetworkBlockDevice/nbd; QEMU's quirks are noted where they matter (REQ_ONE never
+//! sent, block status clamped to the export and to 4 GiB, several contexts per reply).
 
 mod assembly;
 mod client;
@@ -21,6 +22,8 @@ mod reader;
 mod fake_server;
 #[cfg(test)]
 mod fake_tests;
+#[cfg(test)]
+mod fake_write_tests;
 #[cfg(test)]
 mod qemu_tests;
 

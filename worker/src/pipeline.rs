@@ -73,10 +73,7 @@ pub(crate) fn is_zero(data: &[u8]) -> bool {
             .all(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])) == 0)
 }
 
-async fn read_chunk(
-    source: &dyn BlockSource,
-    plan: ChunkPlan,
-) -> Result<Hashed, WorkerError> {
+async fn read_chunk(source: &dyn BlockSource, plan: ChunkPlan) -> Result<Hashed, WorkerError> {
     if plan.is_zero() {
         return Ok(Hashed {
             index: plan.index,
@@ -156,15 +153,14 @@ async fn store_batch(
     if to_encode.is_empty() {
         return Ok(result);
     }
-    let encoded: Vec<EncodedChunk> = futures::future::try_join_all(to_encode.into_iter().map(
-        |(digest, data)| async move {
+    let encoded: Vec<EncodedChunk> =
+        futures::future::try_join_all(to_encode.into_iter().map(|(digest, data)| async move {
             tokio::task::spawn_blocking(move || chunk::encode_with_digest(digest, &data, level))
                 .await
                 .map_err(|e| WorkerError::Internal(e.to_string()))?
                 .map_err(WorkerError::from)
-        },
-    ))
-    .await?;
+        }))
+        .await?;
     let outcome = store.put(encoded).await?;
     result.stats.chunks_new += outcome.chunks_new;
     result.stats.chunks_reused += outcome.chunks_existing;

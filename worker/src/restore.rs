@@ -89,14 +89,15 @@ pub async fn restore_disk(
                     let Some(digest) = digest else {
                         return Ok((offset, len, None));
                     };
-                    let data = store.read(&digest).await.map_err(|source| {
-                        RestoreError::Chunk {
+                    let data = store
+                        .read(&digest)
+                        .await
+                        .map_err(|source| RestoreError::Chunk {
                             digest,
                             offset,
                             index: i,
                             source,
-                        }
-                    })?;
+                        })?;
                     if data.len() != len as usize {
                         return Err(RestoreError::Chunk {
                             digest,
@@ -127,7 +128,9 @@ pub async fn restore_disk(
                         let mut pos = 0;
                         for &(s, e) in &runs {
                             if s > pos {
-                                target.write_zeroes(offset + pos as u64, (s - pos) as u32).await?;
+                                target
+                                    .write_zeroes(offset + pos as u64, (s - pos) as u32)
+                                    .await?;
                             }
                             pos = e;
                         }

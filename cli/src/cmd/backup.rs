@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 
 use bora_coordinator::backup::{DiskJob, backup_disk};
-use bora_core::snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotId, SnapshotMeta, check_name, now_rfc3339};
+use bora_core::snapshot::{
+    SNAPSHOT_FORMAT_VERSION, SnapshotId, SnapshotMeta, check_name, now_rfc3339,
+};
 use bora_core::store::ChunkStore;
 use bora_worker::pipeline::{PipelineOptions, SeenDigests, SourceWorker};
 use bora_worker::source::image::open_image;
@@ -62,7 +64,12 @@ impl BackupReport {
 }
 
 /// Backs up one image file as disk `disk` of `vm` and commits the snapshot.
-pub async fn backup_image(repo: &Repo, image: &Path, vm: &str, disk: Option<&str>) -> Result<BackupReport> {
+pub async fn backup_image(
+    repo: &Repo,
+    image: &Path,
+    vm: &str,
+    disk: Option<&str>,
+) -> Result<BackupReport> {
     let started = Instant::now();
     check_name("vm", vm).map_err(|e| anyhow!(e))?;
     let disk = match disk {
@@ -70,7 +77,12 @@ pub async fn backup_image(repo: &Repo, image: &Path, vm: &str, disk: Option<&str
         None => image
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
-            .ok_or_else(|| anyhow!("cannot derive a disk name from {}; pass --disk", image.display()))?,
+            .ok_or_else(|| {
+                anyhow!(
+                    "cannot derive a disk name from {}; pass --disk",
+                    image.display()
+                )
+            })?,
     };
     check_name("disk", &disk).map_err(|e| anyhow!(e))?;
     let source = open_image(image).await?;
@@ -98,7 +110,12 @@ pub async fn backup_image(repo: &Repo, image: &Path, vm: &str, disk: Option<&str
         },
     )
     .await
-    .with_context(|| format!("backup of {} failed; earlier snapshots are unaffected", image.display()))?;
+    .with_context(|| {
+        format!(
+            "backup of {} failed; earlier snapshots are unaffected",
+            image.display()
+        )
+    })?;
     let meta = SnapshotMeta {
         format: SNAPSHOT_FORMAT_VERSION,
         id,

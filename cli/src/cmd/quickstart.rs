@@ -98,14 +98,20 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
             w.clone()
         }
         None => {
-            temp = tempfile::Builder::new().prefix("bora-quickstart-").tempdir()?;
+            temp = tempfile::Builder::new()
+                .prefix("bora-quickstart-")
+                .tempdir()?;
             temp.path().to_path_buf()
         }
     };
     let p = |name: &str| work.join(name);
     let s = |path: PathBuf| path.to_string_lossy().into_owned();
     if !json {
-        println!("building a {} MiB sample VM disk (ext4 with files) in {}", args.size_mib, work.display());
+        println!(
+            "building a {} MiB sample VM disk (ext4 with files) in {}",
+            args.size_mib,
+            work.display()
+        );
     }
     let tree = p("tree");
     let _ = std::fs::remove_dir_all(&tree);
@@ -113,9 +119,26 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
     let size = format!("{}M", args.size_mib);
     let raw = s(p("disk.raw"));
     let _ = std::fs::remove_file(&raw);
-    sh("mkfs.ext4", &["-q", "-F", "-L", "quickstart", "-d", &s(tree.clone()), &raw, &size]).await?;
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-L",
+            "quickstart",
+            "-d",
+            &s(tree.clone()),
+            &raw,
+            &size,
+        ],
+    )
+    .await?;
     let v1 = p("disk-v1.qcow2");
-    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &raw, &s(v1.clone())]).await?;
+    sh(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", &raw, &s(v1.clone())],
+    )
+    .await?;
 
     let repo = Repo::open(repo_dir, true, None)?;
     let first = backup_image(&repo, &v1, VM, Some(DISK)).await?;
@@ -136,7 +159,11 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
         sh("debugfs", &["-w", "-R", &cmd, &raw]).await?;
     }
     let v2 = p("disk-v2.qcow2");
-    sh("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &raw, &s(v2.clone())]).await?;
+    sh(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", &raw, &s(v2.clone())],
+    )
+    .await?;
     let second = backup_image(&repo, &v2, VM, Some(DISK)).await?;
     if !json {
         print!("second backup: ");
@@ -146,7 +173,10 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
     // Restore both points in time and let QEMU judge them.
     let restore_started = Instant::now();
     let mut restored = Vec::new();
-    for (report, original, name) in [(&second, &v2, "restored-v2.qcow2"), (&first, &v1, "restored-v1.qcow2")] {
+    for (report, original, name) in [
+        (&second, &v2, "restored-v2.qcow2"),
+        (&first, &v1, "restored-v1.qcow2"),
+    ] {
         let out = p(name);
         let target = RestoreTarget::File {
             path: out.clone(),
@@ -158,7 +188,14 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
         restored.push(out);
     }
     let restore_s = restore_started.elapsed().as_secs_f64();
-    summary(&first, &second, restore_s, started.elapsed().as_secs_f64(), repo_dir, json)
+    summary(
+        &first,
+        &second,
+        restore_s,
+        started.elapsed().as_secs_f64(),
+        repo_dir,
+        json,
+    )
 }
 
 fn summary(
@@ -188,10 +225,19 @@ fn summary(
         }));
     }
     println!();
-    println!("quickstart done in {total_s:.1} s — repository {}", repo_dir.display());
+    println!(
+        "quickstart done in {total_s:.1} s — repository {}",
+        repo_dir.display()
+    );
     println!("  disk size        {}", output::bytes(d1.size));
-    println!("  read             {} (holes and zero blocks are never read)", output::bytes(read));
-    println!("  stored           {} after dedup and zstd", output::bytes(stored));
+    println!(
+        "  read             {} (holes and zero blocks are never read)",
+        output::bytes(read)
+    );
+    println!(
+        "  stored           {} after dedup and zstd",
+        output::bytes(stored)
+    );
     println!(
         "  deduplicated     second backup reused {} of {} data chunks, uploaded {}",
         d2.stats.chunks_reused,
@@ -204,6 +250,8 @@ fn summary(
         restore_s
     );
     println!("  verified         both snapshots restored bit-exact (qemu-img compare)");
-    println!("next: bora snapshots --vm {VM}; bora restore latest --vm {VM} --disk {DISK} --to disk.qcow2");
+    println!(
+        "next: bora snapshots --vm {VM}; bora restore latest --vm {VM} --disk {DISK} --to disk.qcow2"
+    );
     Ok(())
 }

@@ -39,7 +39,13 @@ pub fn run(repo_dir: &Path, args: SnapshotsArgs, json: bool) -> Result<()> {
             .iter()
             .map(|d| format!("{} ({})", d.disk, output::bytes(d.size)))
             .collect();
-        println!("{:<18} {:<20} {:<22} {}", m.id, m.vm, m.time, disks.join(", "));
+        println!(
+            "{:<18} {:<20} {:<22} {}",
+            m.id,
+            m.vm,
+            m.time,
+            disks.join(", ")
+        );
     }
     Ok(())
 }

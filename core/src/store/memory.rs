@@ -52,12 +52,13 @@ impl ChunkStore for MemoryChunkStore {
         let mut c = self.lock()?;
         let mut out = PutOutcome::default();
         for ch in chunks {
-            if c.contains_key(&ch.digest) {
-                out.chunks_existing += 1;
-            } else {
-                out.chunks_new += 1;
-                out.bytes_written += ch.record.len() as u64;
-                c.insert(ch.digest, ch.record);
+            match c.entry(ch.digest) {
+                std::collections::hash_map::Entry::Occupied(_) => out.chunks_existing += 1,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    out.chunks_new += 1;
+                    out.bytes_written += ch.record.len() as u64;
+                    e.insert(ch.record);
+                }
             }
         }
         Ok(out)
@@ -74,7 +75,7 @@ impl ChunkStore for MemoryChunkStore {
             .map_err(|source| StoreError::Corrupt {
                 digest: *digest,
                 location: "memory".into(),
-                source,
+                source: Box::new(source),
             })
     }
 }

@@ -121,7 +121,7 @@ fn errors_map_to_codes() {
             StoreError::Corrupt {
                 digest: d,
                 location: "pack 1 offset 6".into(),
-                source: ChunkError::TooShort(3),
+                source: Box::new(ChunkError::TooShort(3)),
             },
             Code::DataLoss,
         ),

@@ -132,11 +132,15 @@ impl LocalChunkStore {
         }
 
         // Verify in parallel, one blocking task per chunk.
-        let verifying = new.into_iter().map(|c| blocking(move || verify(c)));
-        let new = futures::future::try_join_all(verifying)
-            .await?
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+        let new = if self.verify_puts {
+            let verifying = new.into_iter().map(|c| blocking(move || verify(c)));
+            futures::future::try_join_all(verifying)
+                .await?
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            new
+        };
 
         let (pack_bytes, placed) = blocking(move || {
             let mut writer = PackWriter::with_capacity(new.iter().map(|c| c.record.len()).sum());

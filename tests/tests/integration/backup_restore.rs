@@ -11,8 +11,8 @@ fn mixed_writes() -> Vec<(u64, Vec<u8>)> {
         (0, noise(3 * MIB as usize, 1)),
         (10 * MIB + 4096, b"log line\n".repeat(100_000)),
         (20 * MIB, vec![0u8; 2 * MIB as usize]), // allocated zeros
-        (33 * MIB - 100, noise(200, 2)),          // straddles a chunk boundary
-        (64 * MIB - 4096, noise(4096, 3)),        // the last block
+        (33 * MIB - 100, noise(200, 2)),         // straddles a chunk boundary
+        (64 * MIB - 4096, noise(4096, 3)),       // the last block
     ]
 }
 
@@ -30,7 +30,16 @@ fn raw_backup_restores_bit_exact_and_sparse() {
     let id = report["snapshot"].as_str().unwrap().to_string();
 
     let out = env.path("restored.raw");
-    env.ok(&["restore", &id, "--vm", "vm1", "--disk", "vm1", "--to", out.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        &id,
+        "--vm",
+        "vm1",
+        "--disk",
+        "vm1",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
     assert!(images_identical(&img, &out));
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 64 * MIB);
     // Holes stay holes: the 2 MiB of allocated zeros and the unwritten space are not written.
@@ -48,22 +57,55 @@ fn qcow2_backup_restores_bit_exact_as_qcow2_and_raw() {
     raw_image(&raw, 64 * MIB, &mixed_writes());
     let img = env.path("disk.qcow2");
     qcow2_from_raw(&raw, &img);
-    let report = env.json(&["backup", "--image", img.to_str().unwrap(), "--vm", "vm2", "--disk", "sda"]);
+    let report = env.json(&[
+        "backup",
+        "--image",
+        img.to_str().unwrap(),
+        "--vm",
+        "vm2",
+        "--disk",
+        "sda",
+    ]);
     assert_eq!(disk0(&report)["disk"], "sda");
 
     let out_q = env.path("out.qcow2");
-    env.ok(&["restore", "latest", "--vm", "vm2", "--disk", "sda", "--to", out_q.to_str().unwrap()]);
-    let info = tool("qemu-img", &["info", "--output=json", out_q.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--vm",
+        "vm2",
+        "--disk",
+        "sda",
+        "--to",
+        out_q.to_str().unwrap(),
+    ]);
+    let info = tool(
+        "qemu-img",
+        &["info", "--output=json", out_q.to_str().unwrap()],
+    );
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert!(images_identical(&img, &out_q));
     tool("qemu-img", &["check", out_q.to_str().unwrap()]);
     // Holes stay holes in qcow2 too: far less than the virtual size is allocated.
-    assert!(allocated(&out_q) < 16 * MIB, "qcow2 allocates {}", allocated(&out_q));
+    assert!(
+        allocated(&out_q) < 16 * MIB,
+        "qcow2 allocates {}",
+        allocated(&out_q)
+    );
 
     let out_r = env.path("out.img");
     env.ok(&[
-        "restore", "latest", "--vm", "vm2", "--disk", "sda", "--to", out_r.to_str().unwrap(), "--format", "raw",
+        "restore",
+        "latest",
+        "--vm",
+        "vm2",
+        "--disk",
+        "sda",
+        "--to",
+        out_r.to_str().unwrap(),
+        "--format",
+        "raw",
     ]);
     assert!(images_identical(&raw, &out_r));
 }
@@ -73,23 +115,58 @@ fn sparse_disk_reads_only_allocated_data() {
     let env = Env::new();
     // 1 GiB raw with 3 MiB + 4 KiB of data.
     let img = env.path("sparse.raw");
-    raw_image(&img, 1024 * MIB, &[(100 * MIB, noise(3 * MIB as usize, 9)), (900 * MIB, noise(4096, 10))]);
+    raw_image(
+        &img,
+        1024 * MIB,
+        &[
+            (100 * MIB, noise(3 * MIB as usize, 9)),
+            (900 * MIB, noise(4096, 10)),
+        ],
+    );
     let report = env.json(&["backup", "--image", img.to_str().unwrap(), "--vm", "sparse"]);
     let read = u(disk0(&report), "bytes_read");
-    assert!(read >= 3 * MIB + 4096 && read <= 3 * MIB + 64 * 1024, "raw read {read} bytes");
+    assert!(
+        (3 * MIB + 4096..=3 * MIB + 64 * 1024).contains(&read),
+        "raw read {read} bytes"
+    );
 
     // The same through qcow2 (qemu-nbd block status): 1 GiB virtual, 2 MiB written.
     let q = env.path("sparse.qcow2");
-    tool("qemu-img", &["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "1G"]);
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "1G"],
+    );
     tool(
         "qemu-io",
-        &["-t", "writeback", "-f", "qcow2", "-c", "write -P 0xaa 0 1M", "-c", "write -P 0xbb 500M 1M", q.to_str().unwrap()],
+        &[
+            "-t",
+            "writeback",
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xaa 0 1M",
+            "-c",
+            "write -P 0xbb 500M 1M",
+            q.to_str().unwrap(),
+        ],
     );
     let report = env.json(&["backup", "--image", q.to_str().unwrap(), "--vm", "sparseq"]);
     let read = u(disk0(&report), "bytes_read");
-    assert!(read >= 2 * MIB && read <= 2 * MIB + 256 * 1024, "qcow2 read {read} bytes");
+    assert!(
+        (2 * MIB..=2 * MIB + 256 * 1024).contains(&read),
+        "qcow2 read {read} bytes"
+    );
     let out = env.path("sparse-out.qcow2");
-    env.ok(&["restore", "latest", "--vm", "sparseq", "--disk", "sparse", "--to", out.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--vm",
+        "sparseq",
+        "--disk",
+        "sparse",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
     assert!(images_identical(&q, &out));
 }
 
@@ -117,7 +194,16 @@ fn snapshots_list_oldest_first_with_parents_and_latest() {
 
     // Every point in time restores: the first snapshot has the first content.
     let out = env.path("first.raw");
-    env.ok(&["restore", a["snapshot"].as_str().unwrap(), "--vm", "web", "--disk", "web", "--to", out.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        a["snapshot"].as_str().unwrap(),
+        "--vm",
+        "web",
+        "--disk",
+        "web",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
     let first = std::fs::read(&out).unwrap();
     assert_eq!(&first[..MIB as usize], &noise(MIB as usize, 1)[..]);
 }

@@ -28,7 +28,14 @@ fn pack_files(dir: &Path) -> Vec<PathBuf> {
 fn one_snapshot() -> (Env, PathBuf, String) {
     let env = Env::new();
     let img = env.path("db.raw");
-    raw_image(&img, 16 * MIB, &[(0, noise(4 * MIB as usize, 5)), (8 * MIB, noise(MIB as usize, 6))]);
+    raw_image(
+        &img,
+        16 * MIB,
+        &[
+            (0, noise(4 * MIB as usize, 5)),
+            (8 * MIB, noise(MIB as usize, 6)),
+        ],
+    );
     let r = env.json(&["backup", "--image", img.to_str().unwrap(), "--vm", "db"]);
     let id = r["snapshot"].as_str().unwrap().to_string();
     (env, img, id)
@@ -38,7 +45,10 @@ fn one_snapshot() -> (Env, PathBuf, String) {
 fn missing_and_unreadable_images_are_clear_errors() {
     let env = Env::new();
     let err = env.fails(&["backup", "--image", "/nonexistent/disk.qcow2", "--vm", "x"]);
-    assert!(err.contains("/nonexistent/disk.qcow2") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/disk.qcow2") && err.contains("No such file"),
+        "{err}"
+    );
     let dir = env.path("adir");
     std::fs::create_dir(&dir).unwrap();
     let err = env.fails(&["backup", "--image", dir.to_str().unwrap(), "--vm", "x"]);
@@ -51,11 +61,23 @@ fn truncated_and_corrupt_qcow2_fail_and_keep_earlier_snapshots() {
 
     // A qcow2 cut short: its L1/refcount tables point past the end of the file.
     let raw = env.path("big.raw");
-    raw_image(&raw, 64 * MIB, &[(0, noise(8 * MIB as usize, 1)), (40 * MIB, noise(8 * MIB as usize, 2))]);
+    raw_image(
+        &raw,
+        64 * MIB,
+        &[
+            (0, noise(8 * MIB as usize, 1)),
+            (40 * MIB, noise(8 * MIB as usize, 2)),
+        ],
+    );
     let q = env.path("cut.qcow2");
     qcow2_from_raw(&raw, &q);
     let len = std::fs::metadata(&q).unwrap().len();
-    OpenOptions::new().write(true).open(&q).unwrap().set_len(len / 3).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&q)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
     let err = env.fails(&["backup", "--image", q.to_str().unwrap(), "--vm", "db"]);
     assert!(err.contains("cut.qcow2"), "{err}");
 
@@ -73,7 +95,16 @@ fn truncated_and_corrupt_qcow2_fail_and_keep_earlier_snapshots() {
     let list = env.json(&["snapshots", "--vm", "db"]);
     assert_eq!(list.as_array().unwrap().len(), 1);
     let out = env.path("out.raw");
-    env.ok(&["restore", &id, "--vm", "db", "--disk", "db", "--to", out.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        &id,
+        "--vm",
+        "db",
+        "--disk",
+        "db",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
     assert!(images_identical(&img, &out));
 }
 
@@ -82,9 +113,20 @@ fn unknown_snapshot_vm_and_disk_are_named() {
     let (env, _img, id) = one_snapshot();
     let out = env.path("o.raw");
     let o = out.to_str().unwrap();
-    let err = env.fails(&["restore", "0123456789abcdef", "--vm", "db", "--disk", "db", "--to", o]);
+    let err = env.fails(&[
+        "restore",
+        "0123456789abcdef",
+        "--vm",
+        "db",
+        "--disk",
+        "db",
+        "--to",
+        o,
+    ]);
     assert!(err.contains("0123456789abcdef"), "{err}");
-    let err = env.fails(&["restore", "latest", "--vm", "nosuchvm", "--disk", "db", "--to", o]);
+    let err = env.fails(&[
+        "restore", "latest", "--vm", "nosuchvm", "--disk", "db", "--to", o,
+    ]);
     assert!(err.contains("nosuchvm"), "{err}");
     let err = env.fails(&["restore", &id, "--vm", "db", "--disk", "sdz", "--to", o]);
     assert!(err.contains("sdz") && err.contains("db"), "{err}");
@@ -94,13 +136,19 @@ fn unknown_snapshot_vm_and_disk_are_named() {
     let err = env.fails(&["restore", &id, "--vm", "db", "--disk", "db", "--to", o]);
     assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
-    env.ok(&["restore", &id, "--vm", "db", "--disk", "db", "--to", o, "--force"]);
+    env.ok(&[
+        "restore", &id, "--vm", "db", "--disk", "db", "--to", o, "--force",
+    ]);
 }
 
 #[test]
 fn locked_repository_names_the_holder() {
     let (env, img, _id) = one_snapshot();
-    let lock = OpenOptions::new().read(true).write(true).open(env.repo().join("lock")).unwrap();
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(env.repo().join("lock"))
+        .unwrap();
     lock.try_lock().expect("take the repository lock");
     lock.set_len(0).unwrap();
     (&lock).write_all(b"4242").unwrap();
@@ -125,7 +173,16 @@ fn corrupted_chunk_fails_restore_naming_chunk_and_offset() {
         std::fs::write(p, data).unwrap();
     }
     let out = env.path("bad.raw");
-    let err = env.fails(&["restore", &id, "--vm", "db", "--disk", "db", "--to", out.to_str().unwrap()]);
+    let err = env.fails(&[
+        "restore",
+        &id,
+        "--vm",
+        "db",
+        "--disk",
+        "db",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
     assert!(err.contains("chunk") && err.contains("offset"), "{err}");
     assert!(!out.exists(), "a failed restore left {}", out.display());
 }

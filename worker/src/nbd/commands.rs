@@ -1,8 +1,11 @@
 //! The commands: reads, block status, writes, zeroing and flushes, each checked against
 //! the export before anything is sent and split to the server's block size limit.
 
+use std::future::Future;
+
 use bytes::{Bytes, BytesMut};
-use futures::future::try_join_all;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 
 use super::BlockStatusExtent;
 use super::client::{NbdClient, unexpected_reply};
@@ -15,6 +18,53 @@ use super::proto;
 const MAX_STATUS_LEN: u32 = !((1 << 20) - 1);
 /// Largest buffer of zeros written when the server cannot write zeroes itself.
 const ZERO_BUF: u32 = 1 << 20;
+/// Pieces of one split read or write in flight at once.
+const MAX_PARALLEL: usize = 8;
+
+/// Runs `[offset, offset+len)` as pieces of at most `max` bytes, at most
+/// [`MAX_PARALLEL`] in flight, handing each result to `each` in order. Every piece started
+/// runs to completion even if another fails (dropping one halfway through sending it would
+/// break the connection for everyone); none starts after a failure. Returns the first error.
+async fn run_pieces<T, F>(
+    offset: u64,
+    len: u64,
+    max: u32,
+    make: impl Fn(u64, u32) -> F,
+    mut each: impl FnMut(T),
+) -> Result<(), NbdError>
+where
+    F: Future<Output = Result<T, NbdError>>,
+{
+    let max = u64::from(max.max(1));
+    let end = offset + len;
+    let mut inflight = FuturesOrdered::new();
+    let mut first_err: Option<NbdError> = None;
+    let mut pos = offset;
+    loop {
+        let done = if inflight.len() >= MAX_PARALLEL || pos >= end || first_err.is_some() {
+            match inflight.next().await {
+                Some(r) => Some(r),
+                None => break,
+            }
+        } else {
+            None
+        };
+        match done {
+            Some(Ok(v)) if first_err.is_none() => each(v),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            None => {
+                let piece = (end - pos).min(max);
+                // At most `max`, a u32.
+                inflight.push_back(make(pos, piece as u32));
+                pos += piece;
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
 
 impl NbdClient {
     /// Checks `[offset, offset+len)` lies inside the export.
@@ -30,15 +80,6 @@ impl NbdClient {
         }
     }
 
-    /// Pieces of at most `max_block` bytes covering `[offset, offset+len)`.
-    fn split(&self, offset: u64, len: u64, max: u32) -> impl Iterator<Item = (u64, u32)> {
-        let max = u64::from(max.max(1));
-        let end = offset + len;
-        (offset..end)
-            .step_by(max as usize)
-            .map(move |o| (o, (end - o).min(max) as u32))
-    }
-
     /// Reads `[offset, offset+len)`. The reply must cover exactly the request; holes read
     /// as zeros.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, NbdError> {
@@ -49,15 +90,10 @@ impl NbdClient {
         if len <= self.max_block() {
             return self.read_one(offset, len).await;
         }
-        let parts = try_join_all(
-            self.split(offset, u64::from(len), self.max_block())
-                .map(|(o, l)| self.read_one(o, l)),
-        )
-        .await?;
         let mut out = BytesMut::with_capacity(len as usize);
-        for p in parts {
-            out.extend_from_slice(&p);
-        }
+        let read_one = |o, l| self.read_one(o, l);
+        let append = |piece: Bytes| out.extend_from_slice(&piece);
+        run_pieces(offset, u64::from(len), self.max_block(), read_one, append).await?;
         Ok(out.freeze())
     }
 
@@ -114,34 +150,31 @@ impl NbdClient {
     /// Writes `data` at `offset`, split by the maximum block size.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
         self.check_writable(Command::Write, offset, data.len() as u64)?;
-        let max = self.max_block().max(1) as usize;
-        try_join_all(data.chunks(max).enumerate().map(|(i, piece)| {
-            let at = offset + (i * max) as u64;
-            self.request_done(Command::Write, at, piece.len() as u32, piece)
-        }))
-        .await?;
-        Ok(())
+        let write_one = |o: u64, l: u32| {
+            // Inside `data`: the pieces tile [offset, offset + data.len()).
+            let start = (o - offset) as usize;
+            let piece = &data[start..start + l as usize];
+            self.request_done(Command::Write, o, l, piece)
+        };
+        let len = data.len() as u64;
+        run_pieces(offset, len, self.max_block(), write_one, |()| {}).await
     }
 
     /// Zeroes `[offset, offset+len)`: NBD_CMD_WRITE_ZEROES if the server offers it (it may
     /// then leave a hole), else plain writes of zeros.
     pub async fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), NbdError> {
         self.check_writable(Command::WriteZeroes, offset, u64::from(len))?;
+        let len64 = u64::from(len);
         if self.flag(proto::TFLAG_SEND_WRITE_ZEROES) {
-            try_join_all(
-                self.split(offset, u64::from(len), self.max_block())
-                    .map(|(o, l)| self.request_done(Command::WriteZeroes, o, l, &[])),
-            )
-            .await?;
+            let zero_one = |o, l| self.request_done(Command::WriteZeroes, o, l, &[]);
+            run_pieces(offset, len64, self.max_block(), zero_one, |()| {}).await
         } else {
             let piece = self.max_block().min(ZERO_BUF);
             let zeros = vec![0u8; piece.min(len) as usize];
-            for (o, l) in self.split(offset, u64::from(len), piece) {
-                self.request_done(Command::Write, o, l, &zeros[..l as usize])
-                    .await?;
-            }
+            let write_one =
+                |o, l: u32| self.request_done(Command::Write, o, l, &zeros[..l as usize]);
+            run_pieces(offset, len64, piece, write_one, |()| {}).await
         }
-        Ok(())
     }
 
     /// Asks the server to make completed writes durable; a no-op if it offers no flush.

@@ -186,7 +186,7 @@ pub fn status(id: u32, extents: &[(u32, u32)]) -> Vec<u8> {
 
 /// A client connected to a fake server that accepted `base:allocation` as id 5.
 pub async fn connected(size: u64, tflags: u16) -> (NbdClient, Fake) {
-    let (c, s) = duplex(4 << 20);
+    let (c, s) = duplex(64 << 10);
     let mut fake = Fake { s };
     let (client, ()) = within(async {
         tokio::join!(

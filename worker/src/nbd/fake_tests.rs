@@ -8,8 +8,6 @@ use super::fake_server::*;
 use super::proto::*;
 use super::{BlockStatusExtent, NbdClient, NbdError};
 
-const TFLAGS_RW: u16 = 1 | TFLAG_SEND_FLUSH | TFLAG_SEND_WRITE_ZEROES;
-
 #[tokio::test]
 async fn handshake_then_read_of_data_and_hole() {
     let (client, mut fake) = connected(8 * MIB, 1 | TFLAG_READ_ONLY).await;
@@ -324,49 +322,6 @@ async fn sixteen_concurrent_reads_answered_out_of_order() {
     for (i, r) in got.into_iter().enumerate() {
         assert!(r.expect("read").iter().all(|b| *b == i as u8));
     }
-}
-
-#[tokio::test]
-async fn writes_split_by_max_block_then_zeroes_and_flush() {
-    let (client, mut fake) = connected(8 * MIB, TFLAGS_RW).await;
-    let payload: Vec<u8> = (0..(2 * MIB + 10)).map(|i| (i % 251) as u8).collect();
-    let server = async move {
-        let mut got = Vec::new();
-        for _ in 0..3 {
-            let r = fake.request().await;
-            assert_eq!(r.kind, CMD_WRITE);
-            got.push((r.offset, r.payload));
-            fake.simple(0, r.cookie).await;
-        }
-        got.sort();
-        let joined: Vec<u8> = got.into_iter().flat_map(|(_, p)| p).collect();
-        let r = fake.request().await;
-        assert_eq!((r.kind, r.offset, r.len), (CMD_WRITE_ZEROES, 4 * MIB, 4096));
-        fake.chunk(true, REPLY_TYPE_NONE, r.cookie, &[]).await;
-        let r = fake.request().await;
-        assert_eq!(r.kind, CMD_FLUSH);
-        fake.simple(0, r.cookie).await;
-        let r = fake.request().await;
-        assert_eq!(r.kind, CMD_DISC);
-        drop(fake);
-        joined
-    };
-    let client_side = async {
-        client.write(MIB, &payload).await.expect("write");
-        client
-            .write_zeroes(4 * MIB, 4096)
-            .await
-            .expect("write zeroes");
-        client.flush().await.expect("flush");
-        assert!(matches!(
-            client.write(8 * MIB, &[1]).await,
-            Err(NbdError::OutOfRange { .. })
-        ));
-        client.disconnect().await
-    };
-    let (done, joined) = within(async { tokio::join!(client_side, server) }).await;
-    done.expect("disconnect");
-    assert_eq!(joined, payload);
 }
 
 #[tokio::test]

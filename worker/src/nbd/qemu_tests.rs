@@ -1,5 +1,5 @@
 //! The client against a real `qemu-nbd` serving a qcow2 with known contents and a dirty
-//! bitmap (docs/reference/qemu-block-layer.md, "A disk with a persistent dirty bitmap").
+//! bitmap, made offline with qemu-img and qemu-io as the project's QEMU notes describe.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -73,8 +73,8 @@ impl FileWriter {
                 .write(true)
                 .open(path)
                 .map_err(|e| target_err(path, e))?;
-            let dev_size =
-                rustix::fs::seek(&file, rustix::fs::SeekFrom::End(0)).map_err(|e| target_err(path, e))?;
+            let dev_size = rustix::fs::seek(&file, rustix::fs::SeekFrom::End(0))
+                .map_err(|e| target_err(path, e))?;
             if dev_size < size {
                 return Err(target_err(
                     path,
@@ -171,7 +171,10 @@ impl Qcow2Writer {
         if !out.status.success() {
             return Err(target_err(
                 path,
-                format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                format!(
+                    "qemu-img create: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             ));
         }
         let server = QemuNbdServer::start(&partial, ImageFormat::Qcow2, true)
@@ -179,9 +182,8 @@ impl Qcow2Writer {
             .map_err(|e| target_err(path, e))?;
         let inner = NbdWriter::connect_fresh(&server.addr(), "disk", size)
             .await
-            .map_err(|e| {
+            .inspect_err(|_| {
                 let _ = std::fs::remove_file(&partial);
-                e
             })?;
         Ok(Qcow2Writer {
             inner,

@@ -22,7 +22,12 @@ impl NbdWriter {
         }
     }
 
-    async fn open(addr: &NbdAddr, export: &str, size: u64, fresh: bool) -> Result<Self, RestoreError> {
+    async fn open(
+        addr: &NbdAddr,
+        export: &str,
+        size: u64,
+        fresh: bool,
+    ) -> Result<Self, RestoreError> {
         let name = match addr {
             NbdAddr::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
             NbdAddr::Tcp(hp) => format!("nbd://{hp}/{export}"),

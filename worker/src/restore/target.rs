@@ -105,7 +105,9 @@ pub async fn open_target(
             format: ImageFormat::Qcow2,
             force,
         } => Box::new(Qcow2Writer::create(path, size, *force).await?),
-        RestoreTarget::Nbd { addr, export } => Box::new(NbdWriter::connect(addr, export, size).await?),
+        RestoreTarget::Nbd { addr, export } => {
+            Box::new(NbdWriter::connect(addr, export, size).await?)
+        }
     })
 }
 
@@ -131,11 +133,17 @@ mod tests {
         );
         assert!(matches!(
             RestoreTarget::parse("out.qcow2", None, false).unwrap(),
-            RestoreTarget::File { format: ImageFormat::Qcow2, .. }
+            RestoreTarget::File {
+                format: ImageFormat::Qcow2,
+                ..
+            }
         ));
         assert!(matches!(
             RestoreTarget::parse("out.img", None, false).unwrap(),
-            RestoreTarget::File { format: ImageFormat::Raw, .. }
+            RestoreTarget::File {
+                format: ImageFormat::Raw,
+                ..
+            }
         ));
         assert!(RestoreTarget::parse("s3://x", None, false).is_err());
         assert!(RestoreTarget::parse("nbd+unix:///x", None, false).is_err());

@@ -89,7 +89,9 @@ impl QemuNbdServer {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Err(open_err("qemu-nbd did not start serving within 10 s".into()))
+        Err(open_err(
+            "qemu-nbd did not start serving within 10 s".into(),
+        ))
     }
 
     pub fn addr(&self) -> NbdAddr {
