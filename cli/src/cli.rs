@@ -40,7 +40,7 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// Chunk size in bytes (a power of two, 64 KiB to 16 MiB; default 4 MiB).
+    /// Chunk size in bytes (a power of two, 64 KiB to 16 MiB; default 1 MiB).
     #[arg(long, value_name = "BYTES")]
     pub chunk_size: Option<u32>,
 }

@@ -26,8 +26,9 @@ use crate::source::BlockSource;
 pub struct PipelineOptions {
     /// Chunks read and hashed ahead of the dedup stage.
     pub read_ahead: usize,
-    /// Chunks per dedup query and per uploaded pack.
-    pub batch: usize,
+    /// Bytes of chunks per dedup query and per uploaded pack (each pack is fsynced, so
+    /// fewer, larger packs cost less).
+    pub batch_bytes: usize,
     /// Batches compressed/uploaded at once.
     pub uploads: usize,
     pub zstd_level: i32,
@@ -37,7 +38,7 @@ impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
             read_ahead: 6,
-            batch: 8,
+            batch_bytes: 32 << 20,
             uploads: 2,
             zstd_level: chunk::DEFAULT_ZSTD_LEVEL,
         }
@@ -182,10 +183,11 @@ pub async fn backup_range(
         let plans = plan_chunks(&extents, task.range, source.size(), task.chunk_size)?;
         debug!(chunks = plans.len(), "planned chunks");
         let level = opts.zstd_level;
+        let batch = (opts.batch_bytes / task.chunk_size.max(1) as usize).clamp(1, 256);
         let parts: Vec<RangeResult> = futures::stream::iter(plans)
             .map(|plan| read_chunk(source, plan))
             .buffered(opts.read_ahead.max(1))
-            .try_ready_chunks(opts.batch.max(1))
+            .try_chunks(batch)
             .map_err(|e| e.1)
             .map_ok(|batch| store_batch(store, seen, batch, level))
             .try_buffered(opts.uploads.max(1))
