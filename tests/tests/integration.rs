@@ -3,5 +3,6 @@
 mod integration {
     pub mod backup_restore;
     pub mod bad_input;
+    pub mod crash;
     pub mod dedup;
 }

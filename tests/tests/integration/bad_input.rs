@@ -2,27 +2,11 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bora_tests::*;
 
 const MIB: u64 = 1 << 20;
-
-fn pack_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(pack_files(&p));
-        } else if p.extension().is_some_and(|x| x == "pack") {
-            out.push(p);
-        }
-    }
-    out
-}
 
 /// Backs up a small disk and returns (env, image, snapshot id).
 fn one_snapshot() -> (Env, PathBuf, String) {

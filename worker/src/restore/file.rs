@@ -180,11 +180,19 @@ impl Qcow2Writer {
         let server = QemuNbdServer::start(&partial, ImageFormat::Qcow2, true)
             .await
             .map_err(|e| target_err(path, e))?;
-        let inner = NbdWriter::connect_fresh(&server.addr(), "disk", size)
+        let connected = server
+            .connect(&[])
             .await
-            .inspect_err(|_| {
+            .map_err(|e| target_err(path, format!("connecting to qemu-nbd: {e}")))
+            .and_then(|c| NbdWriter::from_client(c, path.display().to_string(), size, true));
+        let inner = match connected {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = server.stop().await;
                 let _ = std::fs::remove_file(&partial);
-            })?;
+                return Err(e);
+            }
+        };
         Ok(Qcow2Writer {
             inner,
             server,

@@ -22,19 +22,13 @@ impl NbdWriter {
         }
     }
 
-    async fn open(
-        addr: &NbdAddr,
-        export: &str,
+    /// Wraps a connected client; checks the export is writable and large enough.
+    pub fn from_client(
+        client: NbdClient,
+        name: String,
         size: u64,
         fresh: bool,
     ) -> Result<Self, RestoreError> {
-        let name = match addr {
-            NbdAddr::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
-            NbdAddr::Tcp(hp) => format!("nbd://{hp}/{export}"),
-        };
-        let client = NbdClient::connect(addr, export, &[])
-            .await
-            .map_err(|e| Self::err(&name, e))?;
         if client.read_only() {
             return Err(Self::err(&name, "export is read-only"));
         }
@@ -53,16 +47,14 @@ impl NbdWriter {
 
     /// An export that may hold old data: every byte of the disk is written.
     pub async fn connect(addr: &NbdAddr, export: &str, size: u64) -> Result<Self, RestoreError> {
-        Self::open(addr, export, size, false).await
-    }
-
-    /// An export known to read as zeros (a new image): zeros are left unwritten.
-    pub async fn connect_fresh(
-        addr: &NbdAddr,
-        export: &str,
-        size: u64,
-    ) -> Result<Self, RestoreError> {
-        Self::open(addr, export, size, true).await
+        let name = match addr {
+            NbdAddr::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
+            NbdAddr::Tcp(hp) => format!("nbd://{hp}/{export}"),
+        };
+        let client = NbdClient::connect(addr, export, &[])
+            .await
+            .map_err(|e| Self::err(&name, e))?;
+        Self::from_client(client, name, size, false)
     }
 }
 

@@ -17,15 +17,16 @@ use bora_core::blockmap::{Extent, ExtentKind};
 
 use super::image::ImageFormat;
 use super::{BlockSource, SourceError};
-use crate::nbd::{NbdAddr, NbdClient};
+use crate::nbd::{CONTEXT_BASE_ALLOCATION, NbdAddr, NbdClient, NbdError, STATE_ZERO};
 
-/// NBD `base:allocation` flag: the extent reads as zeros.
-const NBD_STATE_ZERO: u32 = 2;
 /// Connections to the server: reads are spread over them.
 const CONNECTIONS: usize = 4;
 
 /// A `qemu-nbd` child process serving one image on a unix socket in a private directory.
-/// Killed when dropped.
+///
+/// It runs without `--persistent`: it exits by itself when its last client disconnects, so
+/// a bora process killed with SIGKILL leaves no qemu-nbd behind. It is also killed when
+/// dropped.
 pub struct QemuNbdServer {
     child: Child,
     socket: PathBuf,
@@ -34,7 +35,7 @@ pub struct QemuNbdServer {
 
 impl QemuNbdServer {
     /// Serves `image` as export `disk`; `writable` for restore targets. Waits until the
-    /// socket accepts connections, or reports why qemu-nbd exited.
+    /// socket exists, or reports why qemu-nbd exited. Connect with [`Self::connect`].
     pub async fn start(
         image: &Path,
         format: ImageFormat,
@@ -51,8 +52,7 @@ impl QemuNbdServer {
             .map_err(|e| open_err(format!("temp dir for the NBD socket: {e}")))?;
         let socket = dir.path().join("nbd.sock");
         let mut cmd = Command::new("qemu-nbd");
-        cmd.arg("--persistent")
-            .arg(format!("--shared={}", CONNECTIONS + 1))
+        cmd.arg(format!("--shared={CONNECTIONS}"))
             .arg(format!("--format={}", format.as_str()))
             .arg("--export-name=disk")
             .arg("--socket")
@@ -80,7 +80,8 @@ impl QemuNbdServer {
                     msg.trim()
                 )));
             }
-            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            // No probe connection: qemu-nbd would exit when the probe disconnects.
+            if socket.exists() {
                 return Ok(QemuNbdServer {
                     child,
                     socket,
@@ -96,6 +97,22 @@ impl QemuNbdServer {
 
     pub fn addr(&self) -> NbdAddr {
         NbdAddr::Unix(self.socket.clone())
+    }
+
+    /// Connects a client, retrying for a few seconds while the server finishes starting
+    /// (the socket exists a moment before it listens).
+    pub async fn connect(&self, meta_contexts: &[&str]) -> Result<NbdClient, NbdError> {
+        let mut attempt = 0;
+        loop {
+            match NbdClient::connect(&self.addr(), "disk", meta_contexts).await {
+                Ok(c) => return Ok(c),
+                Err(e) if attempt >= 100 => return Err(e),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
     }
 
     /// Stops the server with SIGTERM and waits for it to exit, so the image is closed
@@ -135,7 +152,8 @@ impl QemuNbdSource {
         let server = QemuNbdServer::start(image, format, false).await?;
         let mut clients = Vec::with_capacity(CONNECTIONS);
         for _ in 0..CONNECTIONS {
-            let c = NbdClient::connect(&server.addr(), "disk", &["base:allocation"])
+            let c = server
+                .connect(&[CONTEXT_BASE_ALLOCATION])
                 .await
                 .map_err(|e| SourceError::Open {
                     path: name.clone(),
@@ -172,7 +190,7 @@ impl BlockSource for QemuNbdSource {
     async fn extents(&self, range: ByteRange) -> Result<Vec<Extent>, SourceError> {
         let status = self
             .client()
-            .block_status("base:allocation", range.offset, range.length)
+            .block_status(CONTEXT_BASE_ALLOCATION, range.offset, range.length)
             .await
             .map_err(|e| SourceError::Map {
                 source_name: self.name.clone(),
@@ -185,7 +203,7 @@ impl BlockSource for QemuNbdSource {
                 offset: e.offset,
                 length: e.length,
                 // HOLE without ZERO may read as non-zero (a backing file): read it.
-                kind: if e.flags & NBD_STATE_ZERO != 0 {
+                kind: if e.flags & STATE_ZERO != 0 {
                     ExtentKind::Zero
                 } else {
                     ExtentKind::Data
