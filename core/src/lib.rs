@@ -8,6 +8,7 @@ pub mod digest;
 pub mod index;
 pub mod index_store;
 pub mod job;
+pub mod progress;
 pub mod range;
 pub mod snapshot;
 pub mod store;

@@ -15,6 +15,7 @@ use bora_core::Digest;
 use bora_core::blockmap::{ChunkPlan, plan_chunks};
 use bora_core::chunk::{self, EncodedChunk};
 use bora_core::job::{RangeResult, RangeTask};
+use bora_core::progress::Progress;
 use bora_core::snapshot::DiskStats;
 use bora_core::store::ChunkStore;
 
@@ -48,6 +49,8 @@ impl Default for PipelineOptions {
 /// A chunk after reading and hashing.
 struct Hashed {
     index: usize,
+    /// Disk bytes the chunk covers.
+    len: u32,
     bytes_read: u64,
     /// `None` when the chunk is all zeros.
     data: Option<(Digest, Bytes)>,
@@ -78,6 +81,7 @@ async fn read_chunk(source: &dyn BlockSource, plan: ChunkPlan) -> Result<Hashed,
     if plan.is_zero() {
         return Ok(Hashed {
             index: plan.index,
+            len: plan.len,
             bytes_read: 0,
             data: None,
         });
@@ -105,6 +109,7 @@ async fn read_chunk(source: &dyn BlockSource, plan: ChunkPlan) -> Result<Hashed,
     .map_err(|e| WorkerError::Internal(e.to_string()))?;
     Ok(Hashed {
         index: plan.index,
+        len: plan.len,
         bytes_read,
         data: hashed,
     })
@@ -116,8 +121,10 @@ async fn store_batch(
     seen: &SeenDigests,
     batch: Vec<Hashed>,
     level: i32,
+    progress: &Progress,
 ) -> Result<RangeResult, WorkerError> {
     let mut result = RangeResult::default();
+    let covered: u64 = batch.iter().map(|h| u64::from(h.len)).sum();
     let digests: Vec<Digest> = batch
         .iter()
         .filter_map(|h| h.data.as_ref().map(|(d, _)| *d))
@@ -152,6 +159,7 @@ async fn store_batch(
         }
     }
     if to_encode.is_empty() {
+        progress.add(covered);
         return Ok(result);
     }
     let encoded: Vec<EncodedChunk> =
@@ -166,6 +174,7 @@ async fn store_batch(
     result.stats.chunks_new += outcome.chunks_new;
     result.stats.chunks_reused += outcome.chunks_existing;
     result.stats.bytes_uploaded += outcome.bytes_written;
+    progress.add(covered);
     Ok(result)
 }
 
@@ -176,6 +185,7 @@ pub async fn backup_range(
     seen: &SeenDigests,
     task: &RangeTask,
     opts: &PipelineOptions,
+    progress: &Progress,
 ) -> Result<RangeResult, WorkerError> {
     let span = info_span!("backup_range", job = %task.job, vm = %task.vm, disk = %task.disk, range = %task.range);
     async move {
@@ -189,7 +199,7 @@ pub async fn backup_range(
             .buffered(opts.read_ahead.max(1))
             .try_chunks(batch)
             .map_err(|e| e.1)
-            .map_ok(|batch| store_batch(store, seen, batch, level))
+            .map_ok(|batch| store_batch(store, seen, batch, level, progress))
             .try_buffered(opts.uploads.max(1))
             .try_collect()
             .await?;
@@ -218,6 +228,7 @@ pub struct SourceWorker {
     pub store: Arc<dyn ChunkStore>,
     pub seen: SeenDigests,
     pub opts: PipelineOptions,
+    pub progress: Arc<Progress>,
 }
 
 #[async_trait::async_trait]
@@ -232,6 +243,7 @@ impl bora_core::job::RangeWorker for SourceWorker {
             &self.seen,
             &task,
             &self.opts,
+            &self.progress,
         )
         .await
         .map_err(|e| bora_core::job::TaskError(format!("range {}: {e}", task.range)))

@@ -9,6 +9,7 @@ use tracing::{Instrument, info, info_span};
 
 use bora_core::Digest;
 use bora_core::index::DiskIndex;
+use bora_core::progress::Progress;
 use bora_core::store::{ChunkStore, StoreError};
 
 mod file;
@@ -76,6 +77,7 @@ pub async fn restore_disk(
     store: Arc<dyn ChunkStore>,
     index: &DiskIndex,
     target: Box<dyn DiskWriter>,
+    progress: &Progress,
 ) -> Result<RestoreStats, RestoreError> {
     let span = info_span!("restore_disk", target = %target.name(), size = index.disk_size());
     let result = async {
@@ -114,6 +116,7 @@ pub async fn restore_disk(
             })
             .buffered(FETCH_AHEAD);
         while let Some((offset, len, data)) = fetched.try_next().await? {
+            progress.add(u64::from(len));
             match data {
                 None => {
                     stats.chunks_zero += 1;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 
 use bora_coordinator::backup::{DiskJob, backup_disk};
+use bora_core::progress::Progress;
 use bora_core::snapshot::{
     SNAPSHOT_FORMAT_VERSION, SnapshotId, SnapshotMeta, check_name, now_rfc3339,
 };
@@ -16,6 +17,7 @@ use bora_worker::source::image::open_image;
 
 use crate::cli::BackupArgs;
 use crate::output;
+use crate::progress::Bar;
 use crate::repo::Repo;
 
 /// A committed backup, for reporting.
@@ -63,12 +65,14 @@ impl BackupReport {
     }
 }
 
-/// Backs up one image file as disk `disk` of `vm` and commits the snapshot.
+/// Backs up one image file as disk `disk` of `vm` and commits the snapshot. `quiet`: no
+/// progress bar.
 pub async fn backup_image(
     repo: &Repo,
     image: &Path,
     vm: &str,
     disk: Option<&str>,
+    quiet: bool,
 ) -> Result<BackupReport> {
     let started = Instant::now();
     check_name("vm", vm).map_err(|e| anyhow!(e))?;
@@ -88,12 +92,20 @@ pub async fn backup_image(
     let source = open_image(image).await?;
     let parent = repo.catalog.latest(vm)?;
     let store: Arc<dyn ChunkStore> = repo.store.clone();
+    let progress = Arc::new(Progress::default());
     let worker = SourceWorker {
         source: source.clone(),
         store: store.clone(),
         seen: SeenDigests::default(),
         opts: PipelineOptions::default(),
+        progress: progress.clone(),
     };
+    let bar = Bar::start(
+        &format!("backup {vm}/{disk}"),
+        source.size(),
+        progress,
+        quiet,
+    );
     let id = SnapshotId::random();
     let disk_snapshot = backup_disk(
         store.as_ref(),
@@ -116,6 +128,7 @@ pub async fn backup_image(
             image.display()
         )
     })?;
+    bar.finish();
     let meta = SnapshotMeta {
         format: SNAPSHOT_FORMAT_VERSION,
         id,
@@ -136,7 +149,7 @@ pub async fn run(repo_dir: &Path, args: BackupArgs, json: bool) -> Result<()> {
     // Image files carry no changed-block information: every backup reads all allocated
     // data, so --full changes nothing here (it matters for --vm and --nbd sources).
     let _ = args.full;
-    let report = backup_image(&repo, &args.image, &args.vm, args.disk.as_deref()).await?;
+    let report = backup_image(&repo, &args.image, &args.vm, args.disk.as_deref(), json).await?;
     if json {
         output::json(&report.to_json())
     } else {

@@ -141,7 +141,7 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
     .await?;
 
     let repo = Repo::open(repo_dir, true, None)?;
-    let first = backup_image(&repo, &v1, VM, Some(DISK)).await?;
+    let first = backup_image(&repo, &v1, VM, Some(DISK), json).await?;
     if !json {
         print!("first backup:  ");
         first.print_human();
@@ -164,7 +164,7 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
         &["convert", "-f", "raw", "-O", "qcow2", &raw, &s(v2.clone())],
     )
     .await?;
-    let second = backup_image(&repo, &v2, VM, Some(DISK)).await?;
+    let second = backup_image(&repo, &v2, VM, Some(DISK), json).await?;
     if !json {
         print!("second backup: ");
         second.print_human();
@@ -183,7 +183,7 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
             format: ImageFormat::Qcow2,
             force: true,
         };
-        restore(&repo, report.meta.id.as_str(), VM, DISK, &target).await?;
+        restore(&repo, report.meta.id.as_str(), VM, DISK, &target, json).await?;
         compare(original, &out).await?;
         restored.push(out);
     }

@@ -7,11 +7,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 
 use bora_core::index_store::load_index;
+use bora_core::progress::Progress;
 use bora_core::store::ChunkStore;
 use bora_worker::restore::{RestoreStats, RestoreTarget, open_target, restore_disk};
 
 use crate::cli::RestoreArgs;
 use crate::output;
+use crate::progress::Bar;
 use crate::repo::Repo;
 
 /// Restores one disk of a snapshot to `to`.
@@ -21,6 +23,7 @@ pub async fn restore(
     vm: &str,
     disk: &str,
     target: &RestoreTarget,
+    quiet: bool,
 ) -> Result<(RestoreStats, u64, String)> {
     let meta = repo.catalog.get(vm, snapshot)?;
     let d = meta.disk(disk).ok_or_else(|| {
@@ -36,9 +39,17 @@ pub async fn restore(
         .await
         .with_context(|| format!("loading the index of snapshot {} disk {disk}", meta.id))?;
     let writer = open_target(target, d.size).await?;
-    let stats = restore_disk(store, &index, writer)
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(
+        &format!("restore {vm}/{disk}"),
+        d.size,
+        progress.clone(),
+        quiet,
+    );
+    let stats = restore_disk(store, &index, writer, &progress)
         .await
         .with_context(|| format!("restore of snapshot {} disk {disk} failed", meta.id))?;
+    bar.finish();
     Ok((stats, d.size, meta.id.to_string()))
 }
 
@@ -52,7 +63,8 @@ pub async fn run(repo_dir: &Path, args: RestoreArgs, json: bool) -> Result<()> {
         .transpose()
         .map_err(|e: String| anyhow!(e))?;
     let target = RestoreTarget::parse(&args.to, format, args.force).map_err(|e| anyhow!(e))?;
-    let (stats, size, id) = restore(&repo, &args.snapshot, &args.vm, &args.disk, &target).await?;
+    let (stats, size, id) =
+        restore(&repo, &args.snapshot, &args.vm, &args.disk, &target, json).await?;
     let secs = started.elapsed().as_secs_f64();
     if json {
         output::json(&serde_json::json!({
