@@ -24,11 +24,27 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cmd::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: what failed and why, outermost context first.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// One line: what failed and why, outermost context first. Library errors often print
+/// their cause in their own message too, so a cause already said is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if msg.contains(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg.replace('\n', " ")
 }
 
 /// Logs go to stderr; `BORA_LOG` (e.g. `info`, `bora_worker=debug`) overrides `-v`.

@@ -29,7 +29,7 @@ const FETCH_AHEAD: usize = 6;
 /// Why a restore failed. A partial output file is removed before this is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("chunk {digest} of disk offset {offset} (chunk {index}): {source}")]
+    #[error("chunk at disk offset {offset} (chunk {index}): {source}")]
     Chunk {
         digest: Digest,
         offset: u64,
