@@ -232,3 +232,21 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     }
     out
 }
+
+/// Serves a qcow2 `image` writable as `export` with `qemu-nbd` on the unix socket `sock`
+/// (no `-t`: it exits when its client disconnects) and waits for the socket.
+pub fn qemu_nbd_writable(image: &Path, export: &str, sock: &Path) -> std::process::Child {
+    let child = Command::new("qemu-nbd")
+        .args(["-f", "qcow2", "-x", export, "-k"])
+        .arg(sock)
+        .arg(image)
+        .spawn()
+        .expect("run qemu-nbd");
+    for _ in 0..400 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    child
+}

@@ -207,3 +207,56 @@ fn snapshots_list_oldest_first_with_parents_and_latest() {
     let first = std::fs::read(&out).unwrap();
     assert_eq!(&first[..MIB as usize], &noise(MIB as usize, 1)[..]);
 }
+
+#[test]
+fn restore_into_a_writable_nbd_export_overwrites_old_data() {
+    let env = Env::new();
+    let img = env.path("src.raw");
+    raw_image(&img, 64 * MIB, &mixed_writes());
+    env.json(&[
+        "backup",
+        "--image",
+        img.to_str().unwrap(),
+        "--vm",
+        "vm3",
+        "--disk",
+        "vda",
+    ]);
+
+    // The target disk on "another host" holds old data everywhere, so zeros must be written.
+    let target = env.path("target.qcow2");
+    let old = env.path("old.raw");
+    raw_image(&old, 64 * MIB, &[(0, noise(64 * MIB as usize, 99))]);
+    qcow2_from_raw(&old, &target);
+    let sock = env.path("nbd.sock");
+    let mut server = qemu_nbd_writable(&target, "target", &sock);
+    let url = format!("nbd+unix:///target?socket={}", sock.display());
+    let out = env.run(&[
+        "restore", "latest", "--vm", "vm3", "--disk", "vda", "--to", &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // qemu-nbd (without -t) exits after its client disconnects, closing the image cleanly.
+    let status = server.wait().unwrap();
+    assert!(status.success());
+    assert!(images_identical(&img, &target));
+
+    // A target smaller than the disk is refused before anything is written.
+    let small = env.path("small.qcow2");
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", small.to_str().unwrap(), "1M"],
+    );
+    let sock2 = env.path("nbd2.sock");
+    let mut server = qemu_nbd_writable(&small, "small", &sock2);
+    let url = format!("nbd+unix:///small?socket={}", sock2.display());
+    let err = env.fails(&[
+        "restore", "latest", "--vm", "vm3", "--disk", "vda", "--to", &url,
+    ]);
+    assert!(err.contains("bytes"), "{err}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
