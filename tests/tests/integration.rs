@@ -5,4 +5,5 @@ mod integration {
     pub mod bad_input;
     pub mod crash;
     pub mod dedup;
+    pub mod quickstart;
 }

@@ -245,7 +245,7 @@ fn summary(
         output::bytes(d2.stats.bytes_uploaded)
     );
     println!(
-        "  speed            backup {} , restore of both snapshots {:.1} s",
+        "  speed            backup {}, restore of both snapshots in {:.1} s",
         output::rate(d1.stats.bytes_read, first.duration_s),
         restore_s
     );
