@@ -49,11 +49,17 @@ pub struct InitArgs {
 pub struct BackupArgs {
     /// A raw or qcow2 image file.
     #[arg(long, value_name = "PATH")]
-    pub image: PathBuf,
+    pub image: Option<PathBuf>,
+    /// An NBD export: nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
+    #[arg(long, value_name = "URL")]
+    pub nbd: Option<String>,
+    /// With --nbd: the export's dirty bitmap recording writes since the parent snapshot.
+    #[arg(long, value_name = "NAME", requires = "nbd")]
+    pub bitmap: Option<String>,
     /// The VM the disk belongs to.
     #[arg(long, value_name = "NAME")]
     pub vm: String,
-    /// The disk's name (default: the image's file stem).
+    /// The disk's name (default for --image: the file stem; required with --nbd).
     #[arg(long, value_name = "NAME")]
     pub disk: Option<String>,
     /// Read every allocated block even when changed-block information exists.

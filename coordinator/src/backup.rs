@@ -72,6 +72,9 @@ pub struct DiskJob<'a> {
     pub parent: Option<&'a DiskSnapshot>,
     /// Ranges handed out at once.
     pub concurrency: usize,
+    /// Read only changed chunks (the source has a dirty bitmap that recorded every write
+    /// since `parent`); clean chunks keep the parent's digests. Needs `parent`.
+    pub incremental: bool,
 }
 
 /// Backs up one disk through `worker`, storing chunks and the index in `store`.
@@ -108,6 +111,7 @@ pub async fn backup_disk(
             disk: disk.clone(),
             range,
             chunk_size: job.chunk_size,
+            incremental: job.incremental,
         });
         let results: Vec<_> = futures::stream::iter(tasks)
             .map(|t| worker.backup_range(t))
@@ -123,17 +127,14 @@ pub async fn backup_disk(
         let mut stats = DiskStats::default();
         let mut changes: Vec<(usize, Option<Digest>)> = Vec::new();
         for r in results {
-            stats.bytes_read += r.stats.bytes_read;
-            stats.bytes_uploaded += r.stats.bytes_uploaded;
-            stats.chunks_new += r.stats.chunks_new;
-            stats.chunks_reused += r.stats.chunks_reused;
-            stats.chunks_zero += r.stats.chunks_zero;
+            stats.add(&r.stats);
             changes.extend(r.entries);
         }
-        // A full read reports every chunk; a gap would silently take the parent's data.
         let expected = chunk_count(job.size, job.chunk_size);
         let distinct: HashSet<usize> = changes.iter().map(|(i, _)| *i).collect();
-        if distinct.len() as u64 != expected {
+        stats.chunks_clean = expected.saturating_sub(distinct.len() as u64);
+        // A full read reports every chunk; a gap would silently take the parent's data.
+        if !job.incremental && distinct.len() as u64 != expected {
             return Err(BackupError::Incomplete {
                 vm,
                 disk,
@@ -163,6 +164,7 @@ pub async fn backup_disk(
             index: index_ref,
             source: job.source,
             stats,
+            cbt: None,
         })
     }
     .instrument(span)
@@ -208,6 +210,7 @@ mod tests {
             source: "test".into(),
             parent: None,
             concurrency: 2,
+            incremental: false,
         }
     }
 

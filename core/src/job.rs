@@ -20,9 +20,13 @@ pub struct RangeTask {
     pub disk: String,
     pub range: ByteRange,
     pub chunk_size: u32,
+    /// Read only chunks the source's dirty bitmap marks as changed; the others keep the
+    /// parent snapshot's digests. When false every chunk is read and reported.
+    pub incremental: bool,
 }
 
-/// What a worker found in a range: the digest (or zero) of every chunk it covers.
+/// What a worker found in a range: the digest (or zero) of every chunk it read (every
+/// chunk of the range in a full backup, the changed ones in an incremental).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeResult {
     /// `(chunk number, digest)`; `None` means the chunk is all zeros.

@@ -101,6 +101,21 @@ pub struct DiskStats {
     pub chunks_new: u64,
     pub chunks_reused: u64,
     pub chunks_zero: u64,
+    /// Chunks not read because the dirty bitmap says they did not change (incremental).
+    #[serde(default)]
+    pub chunks_clean: u64,
+}
+
+impl DiskStats {
+    /// Adds `other`'s counters to these.
+    pub fn add(&mut self, other: &DiskStats) {
+        self.bytes_read += other.bytes_read;
+        self.bytes_uploaded += other.bytes_uploaded;
+        self.chunks_new += other.chunks_new;
+        self.chunks_reused += other.chunks_reused;
+        self.chunks_zero += other.chunks_zero;
+        self.chunks_clean += other.chunks_clean;
+    }
 }
 
 /// One disk inside a snapshot.
@@ -114,6 +129,24 @@ pub struct DiskSnapshot {
     pub source: String,
     #[serde(default)]
     pub stats: DiskStats,
+    /// How the disk was read and which dirty bitmap tracks changes after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cbt: Option<CbtRecord>,
+}
+
+/// Changed-block tracking of one disk in one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CbtRecord {
+    /// `"incremental"` (read only what the parent's bitmap marked) or `"full"`.
+    pub mode: String,
+    /// Why a full read was needed, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The dirty bitmap that records changes made after this snapshot's point in time
+    /// (the next incremental's base), e.g. `bora-<snapshot id>`; none when the source
+    /// has no changed-block tracking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<String>,
 }
 
 /// A committed snapshot of one VM.

@@ -17,6 +17,8 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("encoding a chunk: {0}")]
     Chunk(#[from] ChunkError),
+    #[error("{0}: an incremental backup needs a dirty bitmap, the source has none")]
+    NoChangedBlocks(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

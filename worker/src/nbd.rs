@@ -64,6 +64,42 @@ impl fmt::Display for NbdAddr {
     }
 }
 
+/// Parses an NBD URL: `nbd://HOST[:PORT]/EXPORT` (port 10809 by default) or
+/// `nbd+unix:///EXPORT?socket=PATH`. Returns the address and the export name.
+pub fn parse_nbd_url(url: &str) -> Result<(NbdAddr, String), String> {
+    if let Some(rest) = url.strip_prefix("nbd+unix://") {
+        let (export, query) = rest
+            .split_once('?')
+            .ok_or_else(|| format!("{url}: expected nbd+unix:///EXPORT?socket=PATH"))?;
+        let socket = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("socket="))
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("{url}: missing socket=PATH"))?;
+        return Ok((
+            NbdAddr::Unix(PathBuf::from(socket)),
+            export.trim_start_matches('/').to_string(),
+        ));
+    }
+    if let Some(rest) = url.strip_prefix("nbd://") {
+        let (hostport, export) = rest.split_once('/').unwrap_or((rest, ""));
+        if hostport.is_empty() {
+            return Err(format!("{url}: expected nbd://HOST:PORT/EXPORT"));
+        }
+        // A port is present unless the host is a bare IPv6 literal in brackets.
+        let has_port = hostport.rsplit_once(':').is_some() && !hostport.ends_with(']');
+        let hostport = if has_port {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:10809")
+        };
+        return Ok((NbdAddr::Tcp(hostport), export.to_string()));
+    }
+    Err(format!(
+        "{url}: not an NBD URL (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)"
+    ))
+}
+
 /// One extent of a block status answer; `flags` are the meta context's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockStatusExtent {

@@ -11,12 +11,12 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, debug, info_span};
 
+use bora_core::ByteRange;
 use bora_core::Digest;
-use bora_core::blockmap::{ChunkPlan, plan_chunks};
+use bora_core::blockmap::{ChunkPlan, Extent, ExtentKind, normalize, plan_chunks};
 use bora_core::chunk::{self, EncodedChunk};
 use bora_core::job::{RangeResult, RangeTask};
 use bora_core::progress::Progress;
-use bora_core::snapshot::DiskStats;
 use bora_core::store::ChunkStore;
 
 use crate::error::WorkerError;
@@ -190,7 +190,19 @@ pub async fn backup_range(
     let span = info_span!("backup_range", job = %task.job, vm = %task.vm, disk = %task.disk, range = %task.range);
     async move {
         let extents = source.extents(task.range).await?;
-        let plans = plan_chunks(&extents, task.range, source.size(), task.chunk_size)?;
+        let mut plans = plan_chunks(&extents, task.range, source.size(), task.chunk_size)?;
+        if task.incremental {
+            let dirty = source
+                .dirty(task.range)
+                .await?
+                .ok_or_else(|| WorkerError::NoChangedBlocks(source.name().to_string()))?;
+            let changed = changed_chunks(&dirty, task.range, task.chunk_size)?;
+            let before = plans.len();
+            plans.retain(|p| changed.contains(&p.index));
+            // Clean chunks are done: the parent's digests stand for them.
+            let clean = before - plans.len();
+            progress.add(clean as u64 * u64::from(task.chunk_size));
+        }
         debug!(chunks = plans.len(), "planned chunks");
         let level = opts.zstd_level;
         let batch = (opts.batch_bytes / task.chunk_size.max(1) as usize).clamp(1, 256);
@@ -205,7 +217,7 @@ pub async fn backup_range(
             .await?;
         let mut out = RangeResult::default();
         for p in parts {
-            add_stats(&mut out.stats, &p.stats);
+            out.stats.add(&p.stats);
             out.entries.extend(p.entries);
         }
         Ok(out)
@@ -214,19 +226,29 @@ pub async fn backup_range(
     .await
 }
 
-fn add_stats(a: &mut DiskStats, b: &DiskStats) {
-    a.bytes_read += b.bytes_read;
-    a.bytes_uploaded += b.bytes_uploaded;
-    a.chunks_new += b.chunks_new;
-    a.chunks_reused += b.chunks_reused;
-    a.chunks_zero += b.chunks_zero;
+/// Chunk numbers of `range` that a dirty map marks as changed (any byte dirty).
+fn changed_chunks(
+    dirty: &[Extent],
+    range: ByteRange,
+    chunk_size: u32,
+) -> Result<HashSet<usize>, WorkerError> {
+    let cs = u64::from(chunk_size);
+    let mut out = HashSet::new();
+    for e in normalize(dirty, range)? {
+        if e.kind == ExtentKind::Data {
+            let first = e.offset / cs;
+            let last = (e.offset + e.length - 1) / cs;
+            out.extend((first..=last).map(|i| i as usize));
+        }
+    }
+    Ok(out)
 }
 
 /// Shares a source, a store and the job's seen-digests between range tasks.
 pub struct SourceWorker {
     pub source: Arc<dyn BlockSource>,
     pub store: Arc<dyn ChunkStore>,
-    pub seen: SeenDigests,
+    pub seen: Arc<SeenDigests>,
     pub opts: PipelineOptions,
     pub progress: Arc<Progress>,
 }

@@ -7,6 +7,7 @@ use bora_core::ByteRange;
 use bora_core::blockmap::Extent;
 
 pub mod image;
+pub mod nbd;
 pub mod qemu_nbd;
 pub mod raw;
 
@@ -45,4 +46,12 @@ pub trait BlockSource: Send + Sync {
 
     /// Reads exactly `len` bytes at `offset`.
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, SourceError>;
+
+    /// Changed-block information: extents tiling `range`, `Data` where the disk changed
+    /// since the dirty bitmap the source was opened with started recording, `Zero` where
+    /// it did not. `None` when the source has no such information.
+    async fn dirty(&self, range: ByteRange) -> Result<Option<Vec<Extent>>, SourceError> {
+        let _ = range;
+        Ok(None)
+    }
 }

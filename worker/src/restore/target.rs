@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::RestoreError;
 use super::file::{FileWriter, Qcow2Writer};
 use super::nbd_target::NbdWriter;
-use crate::nbd::NbdAddr;
+use crate::nbd::{NbdAddr, parse_nbd_url};
 use crate::source::image::ImageFormat;
 
 /// A restore destination as the operator names it.
@@ -28,33 +28,9 @@ impl RestoreTarget {
     /// Parses `--to`: `nbd://HOST:PORT/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`, or a
     /// path. `format` applies to paths; without it, `.qcow2` means qcow2, else raw.
     pub fn parse(to: &str, format: Option<ImageFormat>, force: bool) -> Result<Self, String> {
-        if let Some(rest) = to.strip_prefix("nbd+unix://") {
-            let (export, query) = rest
-                .split_once('?')
-                .ok_or_else(|| format!("{to}: expected nbd+unix:///EXPORT?socket=PATH"))?;
-            let socket = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("socket="))
-                .ok_or_else(|| format!("{to}: missing socket=PATH"))?;
-            return Ok(RestoreTarget::Nbd {
-                addr: NbdAddr::Unix(PathBuf::from(socket)),
-                export: export.trim_start_matches('/').to_string(),
-            });
-        }
-        if let Some(rest) = to.strip_prefix("nbd://") {
-            let (hostport, export) = rest.split_once('/').unwrap_or((rest, ""));
-            if hostport.is_empty() {
-                return Err(format!("{to}: expected nbd://HOST:PORT/EXPORT"));
-            }
-            let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
-                hostport.to_string()
-            } else {
-                format!("{hostport}:10809")
-            };
-            return Ok(RestoreTarget::Nbd {
-                addr: NbdAddr::Tcp(hostport),
-                export: export.to_string(),
-            });
+        if to.starts_with("nbd://") || to.starts_with("nbd+unix://") {
+            let (addr, export) = parse_nbd_url(to)?;
+            return Ok(RestoreTarget::Nbd { addr, export });
         }
         if to.contains("://") {
             return Err(format!(

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,14 +12,12 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 use bora_core::ByteRange;
-use bora_core::blockmap::{Extent, ExtentKind};
+use bora_core::blockmap::Extent;
 
 use super::image::ImageFormat;
+use super::nbd::{CONNECTIONS, NbdSource};
 use super::{BlockSource, SourceError};
-use crate::nbd::{CONTEXT_BASE_ALLOCATION, NbdAddr, NbdClient, NbdError, STATE_ZERO};
-
-/// Connections to the server: reads are spread over them.
-const CONNECTIONS: usize = 4;
+use crate::nbd::{CONTEXT_BASE_ALLOCATION, NbdAddr, NbdClient, NbdError};
 
 /// A `qemu-nbd` child process serving one image on a unix socket in a private directory.
 ///
@@ -137,12 +134,9 @@ impl QemuNbdServer {
     }
 }
 
-/// A read-only image served by qemu-nbd.
+/// A read-only image served by qemu-nbd, read through [`NbdSource`].
 pub struct QemuNbdSource {
-    clients: Vec<NbdClient>,
-    next: AtomicUsize,
-    size: u64,
-    name: String,
+    inner: NbdSource,
     _server: QemuNbdServer,
 }
 
@@ -161,66 +155,28 @@ impl QemuNbdSource {
                 })?;
             clients.push(c);
         }
-        let size = clients[0].size();
         Ok(QemuNbdSource {
-            clients,
-            next: AtomicUsize::new(0),
-            size,
-            name,
+            inner: NbdSource::from_clients(clients, name, None)?,
             _server: server,
         })
-    }
-
-    fn client(&self) -> &NbdClient {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        &self.clients[i]
     }
 }
 
 #[async_trait]
 impl BlockSource for QemuNbdSource {
     fn size(&self) -> u64 {
-        self.size
+        self.inner.size()
     }
 
     fn name(&self) -> &str {
-        &self.name
+        self.inner.name()
     }
 
     async fn extents(&self, range: ByteRange) -> Result<Vec<Extent>, SourceError> {
-        let status = self
-            .client()
-            .block_status(CONTEXT_BASE_ALLOCATION, range.offset, range.length)
-            .await
-            .map_err(|e| SourceError::Map {
-                source_name: self.name.clone(),
-                range,
-                reason: e.to_string(),
-            })?;
-        Ok(status
-            .into_iter()
-            .map(|e| Extent {
-                offset: e.offset,
-                length: e.length,
-                // HOLE without ZERO may read as non-zero (a backing file): read it.
-                kind: if e.flags & STATE_ZERO != 0 {
-                    ExtentKind::Zero
-                } else {
-                    ExtentKind::Data
-                },
-            })
-            .collect())
+        self.inner.extents(range).await
     }
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, SourceError> {
-        self.client()
-            .read(offset, len)
-            .await
-            .map_err(|e| SourceError::Read {
-                source_name: self.name.clone(),
-                offset,
-                len: u64::from(len),
-                reason: e.to_string(),
-            })
+        self.inner.read(offset, len).await
     }
 }
