@@ -5,5 +5,6 @@ mod integration {
     pub mod bad_input;
     pub mod crash;
     pub mod dedup;
+    pub mod nbd_source;
     pub mod quickstart;
 }
