@@ -8,10 +8,11 @@
 //! same records.)
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bora_core::snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotId, SnapshotMeta};
+
+use crate::fsutil::write_atomic;
 
 /// Why the catalog could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +31,13 @@ pub enum CatalogError {
     NotFound { vm: String, id: String },
     #[error("vm {0} has no snapshots")]
     NoSnapshots(String),
+    #[error("host {0} is already registered (bora host add --replace to change it)")]
+    HostExists(String),
+    #[error("no host {0} is registered (see bora host list)")]
+    NoHost(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
     move |source| CatalogError::Io {
         path: path.to_path_buf(),
         source,
@@ -128,22 +133,12 @@ impl Catalog {
         }
         let seq = entries.last().map_or(1, |e| e.seq + 1);
         let name = format!("{seq:012}-{}.json", meta.id);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
         let path = self.dir.join(&name);
         let text = serde_json::to_vec_pretty(meta).map_err(|e| CatalogError::BadRecord {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        {
-            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&text).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        write_atomic(&self.dir, &name, &text).map_err(io(&path))
     }
 }
 

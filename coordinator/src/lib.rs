@@ -3,4 +3,6 @@
 
 pub mod backup;
 pub mod catalog;
+mod fsutil;
+pub mod inventory;
 pub mod planner;
