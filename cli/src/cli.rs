@@ -36,6 +36,58 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Build a sample VM disk, back it up twice, restore it and prove it bit-exact.
     Quickstart(QuickstartArgs),
+    /// Hypervisor hosts Bora backs up VMs from.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// VMs of the registered hosts.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Register a host: one VM's QMP socket, or a directory of them.
+    Add(HostAddArgs),
+    /// List registered hosts.
+    List,
+    /// Forget a host (its snapshots stay).
+    Remove { name: String },
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("qmp-target").required(true).args(["qmp", "qmp_dir"])))]
+pub struct HostAddArgs {
+    pub name: String,
+    /// One VM's QMP socket: unix:PATH (the VM is named by the file stem).
+    #[arg(long, value_name = "unix:PATH")]
+    pub qmp: Option<String>,
+    /// Every *.qmp socket in DIR is a VM named by its file stem (Proxmox VE layout).
+    #[arg(long, value_name = "DIR")]
+    pub qmp_dir: Option<PathBuf>,
+    /// Where the host's NBD server listens: unix:PATH or HOST:PORT (started through QMP
+    /// if none runs there).
+    #[arg(long, value_name = "ADDR")]
+    pub nbd: Option<String>,
+    /// VMs of this host backed up at once.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub max_concurrent: u32,
+    /// Directory for fleecing scratch images during backups; the VMs' QEMU processes must
+    /// be able to write it (default: scratch/ in the repository).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Replace a host registered under the same name.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// List VMs and their disks (asks each host over QMP).
+    List {
+        /// Only this host's VMs.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -56,9 +108,10 @@ pub struct BackupArgs {
     /// With --nbd: the export's dirty bitmap recording writes since the parent snapshot.
     #[arg(long, value_name = "NAME", requires = "nbd")]
     pub bitmap: Option<String>,
-    /// The VM the disk belongs to.
-    #[arg(long, value_name = "NAME")]
-    pub vm: String,
+    /// The VM: with --image/--nbd, the VM the disk belongs to; alone, a VM of a registered
+    /// host (repeat --vm to back up several VMs, concurrently up to each host's limit).
+    #[arg(long, value_name = "NAME", required = true)]
+    pub vm: Vec<String>,
     /// The disk's name (default for --image: the file stem; required with --nbd).
     #[arg(long, value_name = "NAME")]
     pub disk: Option<String>,

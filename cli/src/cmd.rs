@@ -6,6 +6,7 @@ use crate::cli::{Cli, Command};
 use crate::repo::default_repo_dir;
 
 mod backup;
+mod host;
 mod quickstart;
 mod restore;
 mod snapshots;
@@ -32,5 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshots(a) => snapshots::run(&repo, a, cli.json),
         Command::Restore(a) => restore::run(&repo, a, cli.json).await,
         Command::Quickstart(a) => quickstart::run(&repo, a, cli.json).await,
+        Command::Host(c) => host::run_host(&repo, c, cli.json).await,
+        Command::Vm(c) => host::run_vm(&repo, c, cli.json).await,
     }
 }

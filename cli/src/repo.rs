@@ -4,7 +4,8 @@
 //! ```text
 //! REPO/bora-repo.json   format version and chunk size
 //! REPO/lock             flock()ed by the process using the repository; holds its pid
-//! REPO/catalog/         snapshot records (bora-coordinator's catalog)
+//! REPO/catalog/         snapshot records and registered hosts (bora-coordinator)
+//! REPO/scratch/         fleecing scratch images during live VM backups (default)
 //! REPO/store/           chunk store: RocksDB index + pack objects (bora-storage-node)
 //! ```
 
@@ -17,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use bora_coordinator::catalog::Catalog;
+use bora_coordinator::inventory::Inventory;
 use bora_core::index::check_chunk_size;
 use bora_storage_node::LocalChunkStore;
 
@@ -37,6 +39,7 @@ pub struct Repo {
     pub dir: PathBuf,
     pub config: RepoConfig,
     pub catalog: Catalog,
+    pub inventory: Inventory,
     pub store: Arc<LocalChunkStore>,
     _lock: File,
 }
@@ -126,6 +129,7 @@ impl Repo {
             config
         };
         let catalog = Catalog::open(&dir.join("catalog"))?;
+        let inventory = Inventory::open(&dir.join("catalog"))?;
         // In-process: the worker hashed the very bytes it hands the store (see verify_puts).
         let store = LocalChunkStore::open(&dir.join("store"))
             .with_context(|| format!("cannot open the chunk store of {}", dir.display()))?
@@ -134,6 +138,7 @@ impl Repo {
             dir: dir.to_path_buf(),
             config,
             catalog,
+            inventory,
             store: Arc::new(store),
             _lock: lock,
         })

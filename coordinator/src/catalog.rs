@@ -46,6 +46,9 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '
 
 pub struct Catalog {
     dir: PathBuf,
+    /// Commits from concurrent backups in one process take their sequence numbers one at
+    /// a time (other processes are kept out by the repository lock).
+    commit_lock: std::sync::Mutex<()>,
 }
 
 /// A snapshot record on disk with its position in commit order.
@@ -59,7 +62,10 @@ impl Catalog {
     pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
         let snaps = dir.join("snapshots");
         fs::create_dir_all(&snaps).map_err(io(&snaps))?;
-        Ok(Catalog { dir: snaps })
+        Ok(Catalog {
+            dir: snaps,
+            commit_lock: std::sync::Mutex::new(()),
+        })
     }
 
     fn entries(&self) -> Result<Vec<Entry>, CatalogError> {
@@ -127,6 +133,10 @@ impl Catalog {
 
     /// Commits a snapshot record durably. Its chunks and index must already be stored.
     pub fn commit(&self, meta: &SnapshotMeta) -> Result<(), CatalogError> {
+        let _one_at_a_time = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entries = self.entries()?;
         if entries.iter().any(|e| e.meta.id == meta.id) {
             return Err(CatalogError::Duplicate(meta.id.clone()));

@@ -34,6 +34,10 @@ pub struct HostSpec {
     /// VMs of this host backed up at once.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: u32,
+    /// Where fleecing scratch images are created during a backup: a directory the VMs'
+    /// QEMU processes can write. Default: `scratch/` in the repository.
+    #[serde(default)]
+    pub scratch_dir: Option<PathBuf>,
 }
 
 fn default_max_concurrent() -> u32 {
@@ -48,6 +52,7 @@ impl HostSpec {
             qmp,
             nbd,
             max_concurrent: default_max_concurrent(),
+            scratch_dir: None,
         }
     }
 }

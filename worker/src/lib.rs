@@ -4,6 +4,7 @@
 pub mod error;
 pub mod nbd;
 pub mod pipeline;
+pub mod qemu;
 pub mod qmp;
 pub mod restore;
 pub mod source;

@@ -25,6 +25,7 @@ use crate::repo::Repo;
 mod image;
 mod nbd;
 mod report;
+pub mod vm;
 
 pub use image::backup_image;
 pub use report::BackupReport;
@@ -132,20 +133,36 @@ pub async fn backup_disks(
 
 pub async fn run(repo_dir: &Path, args: BackupArgs, json: bool) -> Result<()> {
     let repo = Repo::open(repo_dir, true, None)?;
-    let report = match (&args.image, &args.nbd) {
+    let one_vm = || match args.vm.as_slice() {
+        [vm] => Ok(vm.as_str()),
+        _ => Err(anyhow!("--image and --nbd back up one disk of one --vm")),
+    };
+    let reports = match (&args.image, &args.nbd) {
         (Some(image), None) => {
             // Image files carry no changed-block information: every backup reads all
             // allocated data, so --full changes nothing here.
-            backup_image(&repo, image, &args.vm, args.disk.as_deref(), json).await?
+            vec![backup_image(&repo, image, one_vm()?, args.disk.as_deref(), json).await?]
         }
-        (None, Some(url)) => nbd::run(&repo, &args, url, json).await?,
-        (None, None) => bail!("give --image PATH or --nbd URL (with --vm NAME)"),
+        (None, Some(url)) => vec![nbd::run(&repo, &args, one_vm()?, url, json).await?],
+        (None, None) => {
+            if args.disk.is_some() {
+                bail!("--disk goes with --image or --nbd; --vm alone backs up every disk");
+            }
+            vm::run(&repo, &args.vm, args.full, json).await?
+        }
         (Some(_), Some(_)) => bail!("give either --image or --nbd, not both"),
     };
     if json {
-        output::json(&report.to_json())
+        match reports.as_slice() {
+            [one] => output::json(&one.to_json()),
+            many => output::json(&serde_json::Value::Array(
+                many.iter().map(BackupReport::to_json).collect(),
+            )),
+        }
     } else {
-        report.print_human();
+        for r in &reports {
+            r.print_human();
+        }
         Ok(())
     }
 }

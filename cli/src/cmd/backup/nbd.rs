@@ -52,7 +52,13 @@ fn mode(
     }
 }
 
-pub async fn run(repo: &Repo, args: &BackupArgs, url: &str, quiet: bool) -> Result<BackupReport> {
+pub async fn run(
+    repo: &Repo,
+    args: &BackupArgs,
+    vm: &str,
+    url: &str,
+    quiet: bool,
+) -> Result<BackupReport> {
     let disk = args
         .disk
         .clone()
@@ -60,7 +66,7 @@ pub async fn run(repo: &Repo, args: &BackupArgs, url: &str, quiet: bool) -> Resu
     let (addr, export) = parse_nbd_url(url).map_err(|e| anyhow!(e))?;
     let bitmap = args.bitmap.as_deref();
     let source = NbdSource::connect(&addr, &export, bitmap, CONNECTIONS, url.to_string()).await?;
-    let parent = repo.catalog.latest(&args.vm)?;
+    let parent = repo.catalog.latest(vm)?;
     let mode = mode(
         args.full,
         bitmap,
@@ -77,7 +83,7 @@ pub async fn run(repo: &Repo, args: &BackupArgs, url: &str, quiet: bool) -> Resu
     };
     backup_disks(
         repo,
-        &args.vm,
+        vm,
         SnapshotId::random(),
         parent.as_ref(),
         vec![input],

@@ -1,0 +1,214 @@
+//! `bora backup --vm NAME [--vm NAME...] [--full]`: live, agentless backup of VMs of
+//! registered hosts. Each VM: contact over QMP, clean up after killed backups, decide per
+//! disk between incremental and full, freeze all disks in one transaction, read the
+//! point-in-time exports over NBD, commit, release (see bora_worker::qemu).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::Semaphore;
+use tracing::warn;
+
+use bora_core::host::HostSpec;
+use bora_core::snapshot::{SnapshotId, SnapshotMeta};
+use bora_worker::qemu::freeze::{FreezeDisk, Frozen};
+use bora_worker::qemu::host::{VmDisk, VmSocket, connect, nbd_addr, vm_disks, vm_sockets};
+use bora_worker::qemu::recover::recover;
+use bora_worker::qmp::BlockNode;
+use bora_worker::source::nbd::{CONNECTIONS, NbdSource};
+
+use super::{BackupReport, DiskInput, Mode, backup_disks};
+use crate::repo::Repo;
+
+/// Finds the host and socket of `vm` among the registered hosts.
+pub fn find_vm(repo: &Repo, vm: &str) -> Result<(HostSpec, VmSocket)> {
+    let hosts = repo.inventory.list()?;
+    if hosts.is_empty() {
+        bail!("no hosts are registered: bora host add NAME --qmp unix:PATH | --qmp-dir DIR");
+    }
+    for h in hosts {
+        match vm_sockets(&h) {
+            Ok(socks) => {
+                if let Some(s) = socks.into_iter().find(|s| s.vm == vm) {
+                    return Ok((h, s));
+                }
+            }
+            Err(e) => warn!(host = %h.name, error = %e, "cannot list VMs"),
+        }
+    }
+    bail!("no registered host has a vm {vm:?} (see bora vm list)")
+}
+
+/// Incremental when the parent's bitmap for this disk is on the node, recording, and the
+/// disk did not change size; otherwise full, and why.
+fn decide(
+    full: bool,
+    parent: Option<&SnapshotMeta>,
+    disk: &VmDisk,
+    node: Option<&BlockNode>,
+    chunk_size: u32,
+) -> (Mode, Option<String>) {
+    let base = parent
+        .and_then(|p| p.disk(&disk.disk))
+        .and_then(|d| d.cbt.as_ref())
+        .and_then(|c| c.bitmap.clone());
+    let present = base
+        .as_deref()
+        .and_then(|b| node.and_then(|n| n.bitmap(b)))
+        .is_some_and(|b| b.recording);
+    let base_on_node = base.clone().filter(|_| present);
+    let full_because = |r: String| (Mode::Full { reason: r }, base_on_node.clone());
+    if full {
+        return full_because("--full given".into());
+    }
+    let Some(pd) = parent.and_then(|p| p.disk(&disk.disk)) else {
+        return full_because("no parent snapshot of this disk".into());
+    };
+    let Some(base) = base else {
+        return full_because("the parent snapshot was taken without a dirty bitmap".into());
+    };
+    if !present {
+        return full_because(format!(
+            "dirty bitmap {base} is missing or stopped recording (the VM was restarted without it, the disk was replaced, or someone removed it)"
+        ));
+    }
+    if pd.size != disk.size {
+        return full_because(format!(
+            "the disk size changed from {} to {} bytes",
+            pd.size, disk.size
+        ));
+    }
+    if pd.index.chunk_size != chunk_size {
+        return full_because("the parent snapshot uses another chunk size".into());
+    }
+    (Mode::Incremental, base_on_node)
+}
+
+/// Backs up one VM.
+pub async fn backup_vm(repo: &Repo, vm: &str, full: bool, quiet: bool) -> Result<BackupReport> {
+    let (host, sock) = find_vm(repo, vm)?;
+    let qmp = connect(&sock).await?;
+    let disks = vm_disks(&qmp, vm).await?;
+    if disks.is_empty() {
+        bail!("vm {vm} has no disks");
+    }
+    let parent = repo.catalog.latest(vm)?;
+    let bases: HashMap<String, Option<String>> = disks
+        .iter()
+        .map(|d| {
+            let b = parent
+                .as_ref()
+                .and_then(|p| p.disk(&d.disk))
+                .and_then(|d| d.cbt.as_ref())
+                .and_then(|c| c.bitmap.clone());
+            (d.disk.clone(), b)
+        })
+        .collect();
+    let scratch = host
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(|| repo.dir.join("scratch"));
+    recover(&qmp, vm, &disks, &bases, &scratch).await?;
+
+    let nodes = qmp
+        .query_named_block_nodes()
+        .await
+        .map_err(|e| anyhow!("vm {vm}: listing block nodes: {e}"))?;
+    let mut modes = Vec::new();
+    let mut freeze = Vec::new();
+    for d in &disks {
+        let node = nodes.iter().find(|n| n.node_name == d.node);
+        let (mode, base) = decide(full, parent.as_ref(), d, node, repo.config.chunk_size);
+        modes.push(mode);
+        freeze.push(FreezeDisk {
+            disk: d.clone(),
+            base_bitmap: base,
+        });
+    }
+    let id = SnapshotId::random();
+    let addr = nbd_addr(&host, &sock)?;
+    let frozen = Frozen::freeze(&qmp, vm, id.as_str(), freeze, &scratch, addr).await?;
+
+    let result = async {
+        let mut inputs = Vec::new();
+        for (fd, mode) in frozen.disks.iter().zip(modes) {
+            let bitmap = match mode {
+                Mode::Incremental => fd.base_bitmap.as_deref(),
+                Mode::Full { .. } => None,
+            };
+            let name = format!("vm {vm} disk {}", fd.disk.disk);
+            let source = NbdSource::connect(&frozen.nbd, &fd.export, bitmap, CONNECTIONS, name)
+                .await
+                .with_context(|| {
+                    format!(
+                        "reading the frozen disk from the VM's NBD server at {} (if it runs elsewhere, register the host with --nbd)",
+                        frozen.nbd
+                    )
+                })?;
+            inputs.push(DiskInput {
+                disk: fd.disk.disk.clone(),
+                source: Arc::new(source),
+                source_desc: format!("vm {vm} disk {} (node {})", fd.disk.disk, fd.disk.node),
+                mode,
+                next_bitmap: Some(fd.new_bitmap.clone()),
+            });
+        }
+        tokio::select! {
+            r = backup_disks(repo, vm, id.clone(), parent.as_ref(), inputs, quiet) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    }
+    .await;
+    if let Some(e) = frozen.release(result.is_ok()).await {
+        match &result {
+            Ok(_) => {
+                warn!(vm = %vm, error = %e, "snapshot committed, but releasing the VM's disks failed; the next backup cleans up")
+            }
+            Err(_) => {
+                warn!(vm = %vm, error = %e, "releasing the VM's disks failed; the next backup cleans up")
+            }
+        }
+    }
+    result
+}
+
+/// Backs up `vms` concurrently, at most `max_concurrent` per host.
+pub async fn run(
+    repo: &Repo,
+    vms: &[String],
+    full: bool,
+    quiet: bool,
+) -> Result<Vec<BackupReport>> {
+    let mut limits: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let mut jobs = Vec::new();
+    for vm in vms {
+        let (host, _) = find_vm(repo, vm)?;
+        let sem = limits
+            .entry(host.name.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(host.max_concurrent.max(1) as usize)))
+            .clone();
+        // Progress bars would interleave: only a single VM gets one.
+        let quiet = quiet || vms.len() > 1;
+        jobs.push(async move {
+            let _permit = sem.acquire().await;
+            (vm.clone(), backup_vm(repo, vm, full, quiet).await)
+        });
+    }
+    let results = futures::future::join_all(jobs).await;
+    let mut reports = Vec::new();
+    let mut failed = Vec::new();
+    for (vm, r) in results {
+        match r {
+            Ok(rep) => reports.push(rep),
+            Err(e) => failed.push(format!("{vm}: {e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        for r in &reports {
+            eprintln!("backed up vm {} as snapshot {}", r.meta.vm, r.meta.id);
+        }
+        bail!("backup failed for {}", failed.join("; "));
+    }
+    Ok(reports)
+}
