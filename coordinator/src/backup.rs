@@ -48,6 +48,10 @@ pub enum BackupError {
         source: IndexError,
     },
     #[error(
+        "vm {vm} disk {disk}: an incremental backup needs a parent snapshot with the same chunk size"
+    )]
+    NoParent { vm: String, disk: String },
+    #[error(
         "vm {vm} disk {disk}: workers reported {reported} of {expected} chunks in a full backup"
     )]
     Incomplete {
@@ -92,8 +96,13 @@ pub async fn backup_disk(
             source,
         };
         // The parent's index is the base the new one overlays; its chunk size must match.
+        // An incremental without it would silently take zeros for every clean chunk.
+        let parent = job.parent.filter(|p| p.index.chunk_size == job.chunk_size);
+        if job.incremental && parent.is_none() {
+            return Err(BackupError::NoParent { vm, disk });
+        }
         let base =
-            match job.parent.filter(|p| p.index.chunk_size == job.chunk_size) {
+            match parent {
                 Some(p) => load_index(store, &p.index).await.map_err(|source| {
                     BackupError::ParentIndex {
                         vm: vm.clone(),
@@ -225,6 +234,48 @@ mod tests {
         assert_eq!(index.len(), 101);
         assert_eq!(index.get(4), Some(Digest::of(&4usize.to_le_bytes())));
         assert_eq!(index.get(5), None);
+    }
+
+    /// An incremental reports only changed chunks; the others keep the parent's digests.
+    #[tokio::test]
+    async fn incremental_overlays_changed_chunks_on_the_parent() {
+        let store = MemoryChunkStore::default();
+        let size = u64::from(CS) * 10;
+        let parent = backup_disk(&store, &Fake { skip: vec![] }, job(size))
+            .await
+            .unwrap();
+        struct Changed;
+        #[async_trait::async_trait]
+        impl RangeWorker for Changed {
+            async fn backup_range(&self, t: RangeTask) -> Result<RangeResult, TaskError> {
+                assert!(t.incremental);
+                Ok(RangeResult {
+                    entries: vec![(3, Some(Digest::of(b"new"))), (4, None)],
+                    ..Default::default()
+                })
+            }
+        }
+        let mut j = job(size);
+        j.parent = Some(&parent);
+        j.incremental = true;
+        let snap = backup_disk(&store, &Changed, j).await.unwrap();
+        assert_eq!(snap.stats.chunks_clean, 8);
+        let old = load_index(&store, &parent.index).await.unwrap();
+        let new = load_index(&store, &snap.index).await.unwrap();
+        for i in 0..10 {
+            match i {
+                3 => assert_eq!(new.get(3), Some(Digest::of(b"new"))),
+                4 => assert_eq!(new.get(4), None),
+                _ => assert_eq!(new.get(i), old.get(i)),
+            }
+        }
+        // Without a parent an incremental is refused.
+        let mut j = job(size);
+        j.incremental = true;
+        assert!(matches!(
+            backup_disk(&store, &Changed, j).await,
+            Err(BackupError::NoParent { .. })
+        ));
     }
 
     #[tokio::test]

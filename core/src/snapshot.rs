@@ -142,6 +142,10 @@ pub struct CbtRecord {
     /// Why a full read was needed, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The dirty bitmap an incremental read was taken against: the one the parent
+    /// snapshot left, marking every write since the parent's point in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     /// The dirty bitmap that records changes made after this snapshot's point in time
     /// (the next incremental's base), e.g. `bora-<snapshot id>`; none when the source
     /// has no changed-block tracking.

@@ -33,8 +33,9 @@ pub use report::BackupReport;
 /// How a disk is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Only chunks the source's dirty bitmap marks; the rest from the parent snapshot.
-    Incremental,
+    /// Only chunks the source's dirty bitmap (named here) marks; the rest from the parent
+    /// snapshot.
+    Incremental { base: String },
     /// Every allocated chunk, deduplicated; why no incremental was possible.
     Full { reason: String },
 }
@@ -91,7 +92,7 @@ pub async fn backup_disks(
                 source: d.source_desc.clone(),
                 parent: parent.and_then(|p| p.disk(&d.disk)),
                 concurrency: 2,
-                incremental: d.mode == Mode::Incremental,
+                incremental: matches!(d.mode, Mode::Incremental { .. }),
             },
         )
         .await
@@ -102,14 +103,16 @@ pub async fn backup_disks(
             )
         })?;
         snap.cbt = Some(match d.mode {
-            Mode::Incremental => CbtRecord {
+            Mode::Incremental { base } => CbtRecord {
                 mode: "incremental".into(),
                 reason: None,
+                base: Some(base),
                 bitmap: d.next_bitmap,
             },
             Mode::Full { reason } => CbtRecord {
                 mode: "full".into(),
                 reason: Some(reason),
+                base: None,
                 bitmap: d.next_bitmap,
             },
         });

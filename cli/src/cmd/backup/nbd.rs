@@ -44,7 +44,9 @@ fn mode(
         return full_because("the disk size changed since the parent snapshot");
     }
     match parent.cbt.as_ref().and_then(|c| c.bitmap.as_deref()) {
-        Some(b) if b == bitmap => Mode::Incremental,
+        Some(b) if b == bitmap => Mode::Incremental {
+            base: bitmap.to_string(),
+        },
         Some(b) => Mode::Full {
             reason: format!("the parent snapshot was taken with bitmap {b}, not {bitmap}"),
         },

@@ -24,6 +24,7 @@ impl BackupReport {
                     "size": d.size,
                     "mode": cbt.map_or("full", |c| c.mode.as_str()),
                     "reason": cbt.and_then(|c| c.reason.clone()),
+                    "base": cbt.and_then(|c| c.base.clone()),
                     "bitmap": cbt.and_then(|c| c.bitmap.clone()),
                     "bytes_read": d.stats.bytes_read,
                     "bytes_uploaded": d.stats.bytes_uploaded,

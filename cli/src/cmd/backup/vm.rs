@@ -82,7 +82,7 @@ fn decide(
     if pd.index.chunk_size != chunk_size {
         return full_because("the parent snapshot uses another chunk size".into());
     }
-    (Mode::Incremental, base_on_node)
+    (Mode::Incremental { base: base.clone() }, Some(base))
 }
 
 /// Backs up one VM.
@@ -133,8 +133,8 @@ pub async fn backup_vm(repo: &Repo, vm: &str, full: bool, quiet: bool) -> Result
     let result = async {
         let mut inputs = Vec::new();
         for (fd, mode) in frozen.disks.iter().zip(modes) {
-            let bitmap = match mode {
-                Mode::Incremental => fd.base_bitmap.as_deref(),
+            let bitmap = match &mode {
+                Mode::Incremental { base } => Some(base.as_str()),
                 Mode::Full { .. } => None,
             };
             let name = format!("vm {vm} disk {}", fd.disk.disk);
@@ -211,4 +211,106 @@ pub async fn run(
         bail!("backup failed for {}", failed.join("; "));
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bora_core::index::IndexRef;
+    use bora_core::snapshot::{CbtRecord, DiskSnapshot, SNAPSHOT_FORMAT_VERSION};
+    use bora_worker::qmp::BitmapInfo;
+
+    const CS: u32 = 1 << 20;
+
+    fn parent(bitmap: Option<&str>, size: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            format: SNAPSHOT_FORMAT_VERSION,
+            id: "p1".parse().unwrap(),
+            vm: "vm1".into(),
+            time: "2026-11-28T00:00:00Z".into(),
+            parent: None,
+            disks: vec![DiskSnapshot {
+                disk: "vda".into(),
+                size,
+                index: IndexRef {
+                    format: 1,
+                    disk_size: size,
+                    chunk_size: CS,
+                    pieces: vec![],
+                },
+                source: String::new(),
+                stats: Default::default(),
+                cbt: Some(CbtRecord {
+                    mode: "full".into(),
+                    reason: None,
+                    base: None,
+                    bitmap: bitmap.map(str::to_string),
+                }),
+            }],
+        }
+    }
+
+    fn node(bitmap: Option<(&str, bool)>) -> BlockNode {
+        BlockNode {
+            node_name: "n".into(),
+            drv: "qcow2".into(),
+            virtual_size: 64 << 20,
+            read_only: false,
+            dirty_bitmaps: bitmap
+                .into_iter()
+                .map(|(name, recording)| BitmapInfo {
+                    name: name.into(),
+                    recording,
+                    persistent: true,
+                    busy: false,
+                    granularity: 65536,
+                    count: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn disk() -> VmDisk {
+        VmDisk {
+            disk: "vda".into(),
+            node: "n".into(),
+            size: 64 << 20,
+        }
+    }
+
+    fn reason(m: (Mode, Option<String>)) -> String {
+        match m.0 {
+            Mode::Full { reason } => reason,
+            Mode::Incremental { .. } => "incremental".into(),
+        }
+    }
+
+    #[test]
+    fn incremental_only_when_the_parents_bitmap_is_there_and_recording() {
+        let p = parent(Some("bora-p1"), 64 << 20);
+        let n = node(Some(("bora-p1", true)));
+        let (mode, base) = decide(false, Some(&p), &disk(), Some(&n), CS);
+        assert_eq!(
+            mode,
+            Mode::Incremental {
+                base: "bora-p1".into()
+            }
+        );
+        assert_eq!(base.as_deref(), Some("bora-p1"));
+
+        assert_eq!(
+            reason(decide(true, Some(&p), &disk(), Some(&n), CS)),
+            "--full given"
+        );
+        assert!(reason(decide(false, None, &disk(), Some(&n), CS)).contains("no parent"));
+        let stopped = node(Some(("bora-p1", false)));
+        assert!(reason(decide(false, Some(&p), &disk(), Some(&stopped), CS)).contains("missing"));
+        let other = node(Some(("bora-zz", true)));
+        assert!(reason(decide(false, Some(&p), &disk(), Some(&other), CS)).contains("bora-p1"));
+        let resized = parent(Some("bora-p1"), 32 << 20);
+        assert!(reason(decide(false, Some(&resized), &disk(), Some(&n), CS)).contains("size"));
+        let untracked = parent(None, 64 << 20);
+        assert!(reason(decide(false, Some(&untracked), &disk(), Some(&n), CS)).contains("without"));
+        assert!(reason(decide(false, Some(&p), &disk(), Some(&n), CS * 2)).contains("chunk size"));
+    }
 }
