@@ -182,14 +182,21 @@ pub async fn run(
 ) -> Result<Vec<BackupReport>> {
     let mut limits: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let mut jobs = Vec::new();
+    // The same VM twice would have two backups tearing down each other's freeze.
+    let mut unique: Vec<&String> = Vec::new();
     for vm in vms {
+        if !unique.contains(&vm) {
+            unique.push(vm);
+        }
+    }
+    for vm in unique.iter().copied() {
         let (host, _) = find_vm(repo, vm)?;
         let sem = limits
             .entry(host.name.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(host.max_concurrent.max(1) as usize)))
             .clone();
         // Progress bars would interleave: only a single VM gets one.
-        let quiet = quiet || vms.len() > 1;
+        let quiet = quiet || unique.len() > 1;
         jobs.push(async move {
             let _permit = sem.acquire().await;
             (vm.clone(), backup_vm(repo, vm, full, quiet).await)
