@@ -114,6 +114,7 @@ pub async fn backup_disk(
             };
         let ranges = split_disk(job.size, job.chunk_size, DEFAULT_RANGE_BYTES);
         info!(size = job.size, ranges = ranges.len(), "planned");
+        let cs = u64::from(job.chunk_size);
         let tasks = ranges.into_iter().map(|range| RangeTask {
             job: job.job.clone(),
             vm: vm.clone(),
@@ -121,6 +122,13 @@ pub async fn backup_disk(
             range,
             chunk_size: job.chunk_size,
             incremental: job.incremental,
+            parent: if job.incremental {
+                let first = (range.offset / cs) as usize;
+                let n = range.length.div_ceil(cs) as usize;
+                (first..first + n).map(|i| base.get(i)).collect()
+            } else {
+                Vec::new()
+            },
         });
         let results: Vec<_> = futures::stream::iter(tasks)
             .map(|t| worker.backup_range(t))

@@ -23,6 +23,10 @@ pub struct RangeTask {
     /// Read only chunks the source's dirty bitmap marks as changed; the others keep the
     /// parent snapshot's digests. When false every chunk is read and reported.
     pub incremental: bool,
+    /// In an incremental: the parent snapshot's digest (`None`: all zeros) of every chunk
+    /// of the range, in order. A changed chunk is then rebuilt from the parent's chunk and
+    /// only the changed bytes read from the source. Empty in a full backup.
+    pub parent: Vec<Option<Digest>>,
 }
 
 /// What a worker found in a range: the digest (or zero) of every chunk it read (every

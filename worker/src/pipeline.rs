@@ -4,12 +4,12 @@
 //! of hashed chunks ask the store which digests it lacks in one query, and only those are
 //! compressed (in parallel) and uploaded as one pack. All-zero chunks are never uploaded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
 use bora_core::ByteRange;
 use bora_core::Digest;
@@ -77,26 +77,111 @@ pub(crate) fn is_zero(data: &[u8]) -> bool {
             .all(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])) == 0)
 }
 
-async fn read_chunk(source: &dyn BlockSource, plan: ChunkPlan) -> Result<Hashed, WorkerError> {
-    if plan.is_zero() {
-        return Ok(Hashed {
-            index: plan.index,
-            len: plan.len,
-            bytes_read: 0,
-            data: None,
-        });
-    }
-    let bytes_read = plan.data_len();
-    let data = if plan.data.len() == 1 && plan.data[0] == (plan.offset, u64::from(plan.len)) {
-        source.read(plan.offset, plan.len).await?
-    } else {
-        let mut buf = BytesMut::zeroed(plan.len as usize);
-        for &(off, len) in &plan.data {
-            let part = source.read(off, len as u32).await?;
-            let at = (off - plan.offset) as usize;
-            buf[at..at + part.len()].copy_from_slice(&part);
+/// How a chunk's bytes are obtained.
+enum Fill {
+    /// Read every allocated byte of the chunk from the source.
+    Whole,
+    /// Start from the parent snapshot's chunk (`None`: zeros) and read only the `dirty`
+    /// parts (absolute `(offset, length)`) from the source.
+    Patch {
+        parent: Option<Digest>,
+        dirty: Vec<(u64, u64)>,
+    },
+}
+
+/// The overlap of two sorted lists of disjoint `(offset, length)` ranges.
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (a0, a1) = (a[i].0, a[i].0 + a[i].1);
+        let (b0, b1) = (b[j].0, b[j].0 + b[j].1);
+        let (lo, hi) = (a0.max(b0), a1.min(b1));
+        if lo < hi {
+            out.push((lo, hi - lo));
         }
-        buf.freeze()
+        if a1 <= b1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// Reads `parts` of the chunk at `base` into `buf` (zeros elsewhere stay as they are).
+async fn read_parts(
+    source: &dyn BlockSource,
+    base: u64,
+    parts: &[(u64, u64)],
+    buf: &mut BytesMut,
+) -> Result<(), WorkerError> {
+    for &(off, len) in parts {
+        let part = source.read(off, len as u32).await?;
+        let at = (off - base) as usize;
+        buf[at..at + part.len()].copy_from_slice(&part);
+    }
+    Ok(())
+}
+
+/// The parent's chunk with the dirty parts replaced by the source's current bytes, or
+/// `None` when the parent's chunk cannot be used (then the whole chunk is read).
+async fn patch(
+    source: &dyn BlockSource,
+    store: &dyn ChunkStore,
+    plan: &ChunkPlan,
+    parent: Option<Digest>,
+    dirty: &[(u64, u64)],
+) -> Result<Option<(Bytes, u64)>, WorkerError> {
+    let mut buf = match parent {
+        None => BytesMut::zeroed(plan.len as usize),
+        Some(d) => match store.read(&d).await {
+            Ok(b) if b.len() == plan.len as usize => BytesMut::from(&b[..]),
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                // Never build on a chunk that does not verify: read the source instead.
+                warn!(chunk = plan.index, error = %e, "parent chunk unusable, reading the whole chunk");
+                return Ok(None);
+            }
+        },
+    };
+    for &(off, len) in dirty {
+        let at = (off - plan.offset) as usize;
+        buf[at..at + len as usize].fill(0);
+    }
+    let changed = intersect(dirty, &plan.data);
+    read_parts(source, plan.offset, &changed, &mut buf).await?;
+    Ok(Some((buf.freeze(), changed.iter().map(|(_, l)| l).sum())))
+}
+
+async fn read_chunk(
+    source: &dyn BlockSource,
+    store: &dyn ChunkStore,
+    plan: ChunkPlan,
+    fill: Fill,
+) -> Result<Hashed, WorkerError> {
+    let patched = match &fill {
+        Fill::Patch { parent, dirty } => patch(source, store, &plan, *parent, dirty).await?,
+        Fill::Whole => None,
+    };
+    let (data, bytes_read) = match patched {
+        Some(p) => p,
+        None if plan.is_zero() => {
+            return Ok(Hashed {
+                index: plan.index,
+                len: plan.len,
+                bytes_read: 0,
+                data: None,
+            });
+        }
+        None if plan.data.len() == 1 && plan.data[0] == (plan.offset, u64::from(plan.len)) => {
+            (source.read(plan.offset, plan.len).await?, plan.data_len())
+        }
+        None => {
+            let mut buf = BytesMut::zeroed(plan.len as usize);
+            read_parts(source, plan.offset, &plan.data, &mut buf).await?;
+            (buf.freeze(), plan.data_len())
+        }
     };
     let hashed = tokio::task::spawn_blocking(move || {
         if is_zero(&data) {
@@ -190,24 +275,46 @@ pub async fn backup_range(
     let span = info_span!("backup_range", job = %task.job, vm = %task.vm, disk = %task.disk, range = %task.range);
     async move {
         let extents = source.extents(task.range).await?;
-        let mut plans = plan_chunks(&extents, task.range, source.size(), task.chunk_size)?;
-        if task.incremental {
+        let plans = plan_chunks(&extents, task.range, source.size(), task.chunk_size)?;
+        let work: Vec<(ChunkPlan, Fill)> = if task.incremental {
             let dirty = source
                 .dirty(task.range)
                 .await?
                 .ok_or_else(|| WorkerError::NoChangedBlocks(source.name().to_string()))?;
-            let changed = changed_chunks(&dirty, task.range, task.chunk_size)?;
+            let dirty = dirty_parts(&dirty, task.range, task.chunk_size)?;
+            let first = (task.range.offset / u64::from(task.chunk_size)) as usize;
             let before = plans.len();
-            plans.retain(|p| changed.contains(&p.index));
+            let work: Vec<_> = plans
+                .into_iter()
+                .filter_map(|p| {
+                    let parts = dirty.get(&p.index)?.clone();
+                    let fill = match task.parent.get(p.index - first) {
+                        // Rebuild from the parent when less than half the chunk changed.
+                        Some(parent)
+                            if parts.iter().map(|(_, l)| l).sum::<u64>() * 2 < u64::from(p.len) =>
+                        {
+                            Fill::Patch {
+                                parent: *parent,
+                                dirty: parts,
+                            }
+                        }
+                        _ => Fill::Whole,
+                    };
+                    Some((p, fill))
+                })
+                .collect();
             // Clean chunks are done: the parent's digests stand for them.
-            let clean = before - plans.len();
+            let clean = before - work.len();
             progress.add(clean as u64 * u64::from(task.chunk_size));
-        }
-        debug!(chunks = plans.len(), "planned chunks");
+            work
+        } else {
+            plans.into_iter().map(|p| (p, Fill::Whole)).collect()
+        };
+        debug!(chunks = work.len(), "planned chunks");
         let level = opts.zstd_level;
         let batch = (opts.batch_bytes / task.chunk_size.max(1) as usize).clamp(1, 256);
-        let parts: Vec<RangeResult> = futures::stream::iter(plans)
-            .map(|plan| read_chunk(source, plan))
+        let parts: Vec<RangeResult> = futures::stream::iter(work)
+            .map(|(plan, fill)| read_chunk(source, store, plan, fill))
             .buffered(opts.read_ahead.max(1))
             .try_chunks(batch)
             .map_err(|e| e.1)
@@ -226,19 +333,28 @@ pub async fn backup_range(
     .await
 }
 
-/// Chunk numbers of `range` that a dirty map marks as changed (any byte dirty).
-fn changed_chunks(
+/// The dirty parts of each changed chunk of `range`: chunk number → absolute
+/// `(offset, length)` parts, in order.
+fn dirty_parts(
     dirty: &[Extent],
     range: ByteRange,
     chunk_size: u32,
-) -> Result<HashSet<usize>, WorkerError> {
+) -> Result<HashMap<usize, Vec<(u64, u64)>>, WorkerError> {
     let cs = u64::from(chunk_size);
-    let mut out = HashSet::new();
+    let mut out: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
     for e in normalize(dirty, range)? {
-        if e.kind == ExtentKind::Data {
-            let first = e.offset / cs;
-            let last = (e.offset + e.length - 1) / cs;
-            out.extend((first..=last).map(|i| i as usize));
+        if e.kind != ExtentKind::Data {
+            continue;
+        }
+        let end = e.offset + e.length;
+        let mut pos = e.offset;
+        while pos < end {
+            let i = pos / cs;
+            let part_end = end.min((i + 1) * cs);
+            out.entry(i as usize)
+                .or_default()
+                .push((pos, part_end - pos));
+            pos = part_end;
         }
     }
     Ok(out)
@@ -275,6 +391,46 @@ impl bora_core::job::RangeWorker for SourceWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intersections() {
+        assert_eq!(
+            intersect(&[(0, 10), (20, 10)], &[(5, 20)]),
+            vec![(5, 5), (20, 5)]
+        );
+        assert_eq!(intersect(&[(0, 10)], &[(10, 5)]), vec![]);
+        assert_eq!(
+            intersect(&[(0, 100)], &[(10, 5), (50, 5)]),
+            vec![(10, 5), (50, 5)]
+        );
+        assert_eq!(intersect(&[], &[(0, 1)]), vec![]);
+    }
+
+    #[test]
+    fn dirty_parts_split_at_chunks() {
+        let e = |offset, length, kind| Extent {
+            offset,
+            length,
+            kind,
+        };
+        let map = [
+            e(0, 100, ExtentKind::Zero),
+            e(100, 200, ExtentKind::Data),
+            e(300, 700, ExtentKind::Zero),
+        ];
+        let parts = dirty_parts(
+            &map,
+            ByteRange {
+                offset: 0,
+                length: 1000,
+            },
+            256,
+        )
+        .unwrap();
+        assert_eq!(parts[&0], vec![(100, 156)]);
+        assert_eq!(parts[&1], vec![(256, 44)]);
+        assert_eq!(parts.len(), 2);
+    }
 
     #[test]
     fn zero_detection() {
