@@ -24,33 +24,18 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cmd::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", output::one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-/// One line: what failed and why, outermost context first. Library errors often print
-/// their cause in their own message too, so a cause already said is not repeated.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if msg.contains(&s) {
-            continue;
-        }
-        if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        msg.push_str(&s);
-    }
-    msg.replace('\n', " ")
-}
-
 /// Logs go to stderr; `BORA_LOG` (e.g. `info`, `bora_worker=debug`) overrides `-v`.
+/// Without either there are none: a failure is one `error:` line, and what an operator
+/// must know on success is printed as a `warning:` line by the command itself.
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "off",
         1 => "info",
         _ => "debug",
     };
@@ -59,5 +44,6 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -1,6 +1,8 @@
 //! The integration harness: runs the real `bora` binary against real files and real QEMU
 //! tools (`qemu-img`, `qemu-io`, `qemu-nbd`), each test in its own temporary repository.
 
+pub mod qsd;
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

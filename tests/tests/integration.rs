@@ -5,6 +5,7 @@ mod integration {
     pub mod bad_input;
     pub mod crash;
     pub mod dedup;
+    pub mod live_vm;
     pub mod nbd_source;
     pub mod quickstart;
 }

@@ -30,7 +30,7 @@ mod qemu_tests;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use client::{HANDSHAKE_TIMEOUT, NbdClient};
+pub use client::{HANDSHAKE_TIMEOUT, NbdClient, REQUEST_TIMEOUT};
 pub use error::{Command, NbdError};
 
 /// `base:allocation`: flag bit 0 = hole, bit 1 = reads as zeros.

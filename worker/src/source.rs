@@ -14,7 +14,7 @@ pub mod raw;
 /// Why a source could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("image {path}: {reason}")]
+    #[error("{path}: {reason}")]
     Open { path: String, reason: String },
     #[error("{source_name}: reading {len} bytes at offset {offset}: {reason}")]
     Read {

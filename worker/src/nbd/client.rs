@@ -18,6 +18,10 @@ use super::reader::{self, ReaderInfo};
 
 /// How long `connect` waits for the handshake to finish.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request may wait for its reply. A server that stays connected but stops
+/// answering would otherwise hold a backup (and a VM's freeze) forever; when it expires
+/// the connection is failed, since a late reply could no longer be matched.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `disconnect` waits for the server to close after NBD_CMD_DISC.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -259,13 +263,21 @@ impl NbdClient {
             }
         }
         drop(guard);
-        match rx.await {
-            Ok(reply) => reply,
-            Err(_) => Err(NbdError::ConnectionLost(
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(NbdError::ConnectionLost(
                 shared
                     .closed()
                     .unwrap_or_else(|| Arc::new(NbdError::Closed)),
             )),
+            Err(_) => {
+                let cause = Arc::new(NbdError::RequestTimeout {
+                    command,
+                    timeout: REQUEST_TIMEOUT,
+                });
+                shared.fail_all(cause.clone());
+                Err(NbdError::ConnectionLost(cause))
+            }
         }
     }
 }

@@ -124,6 +124,11 @@ pub enum NbdError {
     ShortInfo(u32),
     #[error("handshake did not finish within {0:?}")]
     HandshakeTimeout(std::time::Duration),
+    #[error("{command} got no reply within {timeout:?}: the server stalled")]
+    RequestTimeout {
+        command: Command,
+        timeout: std::time::Duration,
+    },
     #[error("server acknowledged go without sending export info")]
     NoExportInfo,
     #[error("invalid block size constraints: minimum {min}, preferred {preferred}, maximum {max}")]

@@ -345,3 +345,33 @@ async fn server_closing_with_requests_in_flight_fails_them() {
         NbdError::Closed
     ));
 }
+
+/// A server that completes the handshake, takes a request and never answers: the request
+/// fails after the request timeout (time is paused, so the test does not wait for it) and
+/// the connection is failed for everyone.
+#[tokio::test]
+async fn a_stalled_server_times_out_instead_of_hanging() {
+    let (client, mut fake) = connected(8 * MIB, 1).await;
+    tokio::time::pause();
+    let server = async {
+        let r = fake.request().await;
+        assert_eq!(r.kind, CMD_READ);
+        // ... and never reply; keep the pipe open until the client gives up.
+        std::future::pending::<()>().await;
+    };
+    let read = async { client.read(0, 4096).await };
+    let got = tokio::select! {
+        r = read => r,
+        () = server => unreachable!(),
+    };
+    match got {
+        Err(NbdError::ConnectionLost(cause)) => {
+            assert!(
+                matches!(*cause, NbdError::RequestTimeout { .. }),
+                "{cause:?}"
+            )
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(client.read(0, 4096).await.is_err());
+}

@@ -64,14 +64,11 @@ pub fn job_tag(job: &str) -> String {
     job.chars().take(8).collect()
 }
 
-/// The scratch image of disk `n` of `vm` in the backup tagged `tag`.
-pub fn scratch_name(vm: &str, tag: &str, n: usize) -> String {
-    format!("{}{tag}-{n}.qcow2", scratch_prefix(vm))
-}
-
-/// Every scratch image of `vm` starts with this.
-pub fn scratch_prefix(vm: &str) -> String {
-    format!("bora-fleece-{vm}-")
+/// The scratch image of disk `n` of `vm` in the backup tagged `tag`, relative to the
+/// scratch directory: each VM has a directory of its own (VM names are single path
+/// components), so cleaning up one VM never touches another's files.
+pub fn scratch_name(vm: &str, tag: &str, n: usize) -> PathBuf {
+    Path::new(vm).join(format!("bora-fleece-{tag}-{n}.qcow2"))
 }
 
 /// Starts the VM's NBD server at `addr`, or accepts one already running.
@@ -163,6 +160,10 @@ impl Frozen {
         for (n, d) in disks.into_iter().enumerate() {
             let node = format!("bora-fl-{tag}-{n}");
             let file = scratch_dir.join(scratch_name(&vm, tag, n));
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| QemuError::other(&vm, format!("creating {}", dir.display()), e))?;
+            }
             create_scratch(&vm, &file, d.disk.size).await?;
             let fd = FrozenDisk {
                 base_bitmap: d.base_bitmap,
@@ -197,7 +198,7 @@ impl Frozen {
         // 2. one transaction: the point in time of every disk
         let mut tx = Transaction::new();
         for fd in &prepared {
-            tx = tx.bitmap_add(&fd.disk.node, &fd.new_bitmap, true);
+            tx = tx.bitmap_add(&fd.disk.node, &fd.new_bitmap, fd.disk.persistent_bitmaps);
             if let Some(base) = &fd.base_bitmap {
                 tx = tx.bitmap_disable(&fd.disk.node, base);
             }
@@ -262,6 +263,10 @@ impl Frozen {
                 }
             }
             let _ = std::fs::remove_file(&fd.file);
+            // The VM's scratch directory goes too once empty.
+            if let Some(dir) = fd.file.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
         for fd in &self.disks {
             note(settle_bitmaps(qmp, vm, fd, committed, &nodes).await);

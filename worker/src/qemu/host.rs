@@ -23,6 +23,10 @@ pub struct VmDisk {
     /// The block node to freeze and export.
     pub node: String,
     pub size: u64,
+    /// Whether the node's format can store persistent dirty bitmaps (qcow2). On others
+    /// (raw: LVM volumes, raw files) Bora's bitmaps live only while the VM runs, so a
+    /// restarted VM gets a full backup.
+    pub persistent_bitmaps: bool,
 }
 
 fn stem(path: &Path) -> Option<String> {
@@ -95,6 +99,7 @@ pub async fn vm_disks(qmp: &QmpClient, vm: &str) -> Result<Vec<VmDisk>, QemuErro
             disk: d.name,
             node: d.node.node_name,
             size: d.node.virtual_size,
+            persistent_bitmaps: d.node.drv == "qcow2",
         })
         .collect())
 }

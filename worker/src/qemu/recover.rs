@@ -14,7 +14,6 @@ use std::path::Path;
 use tracing::info;
 
 use super::QemuError;
-use super::freeze::scratch_prefix;
 use super::host::VmDisk;
 use super::is_bora_bitmap;
 use crate::qmp::{BORA_NODE_PREFIX, ExportRemoveMode, QmpClient, Transaction};
@@ -77,15 +76,15 @@ pub async fn recover(
             .map_err(QemuError::qmp(vm, format!("deleting leftover node {n}")))?;
         done.push(format!("deleted leftover node {n}"));
     }
-    if let Ok(rd) = std::fs::read_dir(scratch_dir) {
-        let prefix = scratch_prefix(vm);
+    if let Ok(rd) = std::fs::read_dir(scratch_dir.join(vm)) {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
+            if e.file_name().to_string_lossy().starts_with("bora-fleece-") {
                 let _ = std::fs::remove_file(e.path());
                 done.push(format!("removed scratch file {}", e.path().display()));
             }
         }
     }
+    let _ = std::fs::remove_dir(scratch_dir.join(vm));
     for d in disks {
         let Some(node) = nodes.iter().find(|n| n.node_name == d.node) else {
             continue;

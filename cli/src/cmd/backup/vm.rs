@@ -19,6 +19,7 @@ use bora_worker::qmp::BlockNode;
 use bora_worker::source::nbd::{CONNECTIONS, NbdSource};
 
 use super::{BackupReport, DiskInput, Mode, backup_disks};
+use crate::output;
 use crate::repo::Repo;
 
 /// Finds the host and socket of `vm` among the registered hosts.
@@ -160,17 +161,21 @@ pub async fn backup_vm(repo: &Repo, vm: &str, full: bool, quiet: bool) -> Result
         }
     }
     .await;
-    if let Some(e) = frozen.release(result.is_ok()).await {
-        match &result {
-            Ok(_) => {
-                warn!(vm = %vm, error = %e, "snapshot committed, but releasing the VM's disks failed; the next backup cleans up")
-            }
-            Err(_) => {
-                warn!(vm = %vm, error = %e, "releasing the VM's disks failed; the next backup cleans up")
-            }
+    let committed = result.is_ok();
+    match (result, frozen.release(committed).await) {
+        (r, None) => r,
+        (Ok(r), Some(e)) => {
+            eprintln!(
+                "warning: vm {vm}: snapshot {} committed, but releasing the VM's disks failed ({e}); the next backup cleans up",
+                r.meta.id
+            );
+            Ok(r)
         }
+        (Err(e), Some(rel)) => Err(anyhow!(
+            "{}; releasing the VM's disks also failed ({rel}); the next backup cleans up",
+            output::one_line(&e)
+        )),
     }
-    result
 }
 
 /// Backs up `vms` concurrently, at most `max_concurrent` per host.
@@ -208,7 +213,7 @@ pub async fn run(
     for (vm, r) in results {
         match r {
             Ok(rep) => reports.push(rep),
-            Err(e) => failed.push(format!("{vm}: {e:#}")),
+            Err(e) => failed.push(format!("{vm}: {}", output::one_line(&e))),
         }
     }
     if !failed.is_empty() {
@@ -282,6 +287,7 @@ mod tests {
             disk: "vda".into(),
             node: "n".into(),
             size: 64 << 20,
+            persistent_bitmaps: true,
         }
     }
 
