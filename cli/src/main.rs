@@ -8,6 +8,12 @@ mod repo;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator: the data path allocates and frees chunk-sized
+/// buffers (1 MiB and more) all the time; glibc hands those back to the kernel and page
+/// faults them in again, which cost about a third of an incremental backup's CPU time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     init_tracing(args.verbose);
