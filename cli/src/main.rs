@@ -5,6 +5,7 @@ mod cmd;
 mod output;
 mod progress;
 mod repo;
+mod snapshot_disk;
 
 use clap::Parser;
 

@@ -7,6 +7,7 @@ pub mod pipeline;
 pub mod qemu;
 pub mod qmp;
 pub mod restore;
+pub mod snapshot_reader;
 pub mod source;
 
 pub use error::WorkerError;

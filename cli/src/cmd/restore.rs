@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 
-use bora_core::index_store::load_index;
 use bora_core::progress::Progress;
 use bora_core::store::ChunkStore;
 use bora_worker::restore::{RestoreStats, RestoreTarget, open_target, restore_disk};
@@ -15,6 +14,7 @@ use crate::cli::RestoreArgs;
 use crate::output;
 use crate::progress::Bar;
 use crate::repo::Repo;
+use crate::snapshot_disk::SnapshotDisk;
 
 /// Restores one disk of a snapshot to `to`.
 pub async fn restore(
@@ -25,19 +25,12 @@ pub async fn restore(
     target: &RestoreTarget,
     quiet: bool,
 ) -> Result<(RestoreStats, u64, String)> {
-    let meta = repo.catalog.get(vm, snapshot)?;
-    let d = meta.disk(disk).ok_or_else(|| {
-        let names: Vec<&str> = meta.disks.iter().map(|d| d.disk.as_str()).collect();
-        anyhow!(
-            "snapshot {} of vm {vm} has no disk {disk:?} (it has: {})",
-            meta.id,
-            names.join(", ")
-        )
-    })?;
+    let SnapshotDisk {
+        meta,
+        disk: d,
+        index,
+    } = crate::snapshot_disk::open(repo, snapshot, vm, disk).await?;
     let store: Arc<dyn ChunkStore> = repo.store.clone();
-    let index = load_index(store.as_ref(), &d.index)
-        .await
-        .with_context(|| format!("loading the index of snapshot {} disk {disk}", meta.id))?;
     let writer = open_target(target, d.size).await?;
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(

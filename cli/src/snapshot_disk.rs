@@ -1,0 +1,42 @@
+//! Finding one disk of one snapshot and loading its index: what every command that reads a
+//! snapshot (restore, serve, files) starts with.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+
+use bora_core::index::DiskIndex;
+use bora_core::index_store::load_index;
+use bora_core::snapshot::{DiskSnapshot, SnapshotMeta};
+use bora_core::store::ChunkStore;
+
+use crate::repo::Repo;
+
+/// A disk of a snapshot with its loaded (verified) index.
+pub struct SnapshotDisk {
+    pub meta: SnapshotMeta,
+    pub disk: DiskSnapshot,
+    pub index: DiskIndex,
+}
+
+/// Opens disk `disk` of snapshot `snapshot` (an id or `latest`) of `vm`.
+pub async fn open(repo: &Repo, snapshot: &str, vm: &str, disk: &str) -> Result<SnapshotDisk> {
+    let meta = repo.catalog.get(vm, snapshot)?;
+    let d = meta.disk(disk).cloned().ok_or_else(|| {
+        let names: Vec<&str> = meta.disks.iter().map(|d| d.disk.as_str()).collect();
+        anyhow!(
+            "snapshot {} of vm {vm} has no disk {disk:?} (it has: {})",
+            meta.id,
+            names.join(", ")
+        )
+    })?;
+    let store: Arc<dyn ChunkStore> = repo.store.clone();
+    let index = load_index(store.as_ref(), &d.index)
+        .await
+        .with_context(|| format!("loading the index of snapshot {} disk {disk}", meta.id))?;
+    Ok(SnapshotDisk {
+        meta,
+        disk: d,
+        index,
+    })
+}
