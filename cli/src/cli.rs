@@ -36,6 +36,11 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Build a sample VM disk, back it up twice, restore it and prove it bit-exact.
     Quickstart(QuickstartArgs),
+    /// Export a snapshot's disk over NBD (instant recovery: QEMU can boot from it).
+    Serve(ServeArgs),
+    /// Files inside a snapshot's disk (GPT/MBR; ext4, FAT, NTFS), without restoring it.
+    #[command(subcommand)]
+    Files(FilesCommand),
     /// Hypervisor hosts Bora backs up VMs from.
     #[command(subcommand)]
     Host(HostCommand),
@@ -154,4 +159,59 @@ pub struct QuickstartArgs {
     /// Size of the sample disk in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub size_mib: u64,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Snapshot id, or `latest`.
+    pub snapshot: String,
+    #[arg(long, value_name = "NAME")]
+    pub vm: String,
+    #[arg(long, value_name = "NAME")]
+    pub disk: String,
+    /// Where to listen: HOST:PORT (loopback unless you mean it) or unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// Export name (default: the disk's name).
+    #[arg(long, value_name = "EXPORT")]
+    pub name: Option<String>,
+    /// Accept writes into a local copy-on-write overlay (the snapshot is never changed).
+    #[arg(long)]
+    pub writable: bool,
+}
+
+/// Which disk of which snapshot, and which partition.
+#[derive(Args)]
+pub struct FilesTarget {
+    /// Snapshot id, or `latest`.
+    pub snapshot: String,
+    #[arg(long, value_name = "NAME")]
+    pub vm: String,
+    #[arg(long, value_name = "NAME")]
+    pub disk: String,
+    /// Partition number (1-based; default: the only partition with a recognised file
+    /// system).
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+}
+
+#[derive(Subcommand)]
+pub enum FilesCommand {
+    /// List a directory (default: the root).
+    Ls {
+        #[command(flatten)]
+        target: FilesTarget,
+        /// Directory or file path inside the file system.
+        path: Option<String>,
+    },
+    /// Copy a file or directory (recursively) out of the snapshot.
+    Get {
+        #[command(flatten)]
+        target: FilesTarget,
+        /// Path inside the file system.
+        path: String,
+        /// Local destination.
+        #[arg(long, value_name = "LOCAL")]
+        to: std::path::PathBuf,
+    },
 }

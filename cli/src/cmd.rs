@@ -6,9 +6,11 @@ use crate::cli::{Cli, Command};
 use crate::repo::default_repo_dir;
 
 mod backup;
+mod files;
 mod host;
 mod quickstart;
 mod restore;
+mod serve;
 mod snapshots;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -33,6 +35,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshots(a) => snapshots::run(&repo, a, cli.json),
         Command::Restore(a) => restore::run(&repo, a, cli.json).await,
         Command::Quickstart(a) => quickstart::run(&repo, a, cli.json).await,
+        Command::Serve(a) => serve::run(&repo, a, cli.json).await,
+        Command::Files(c) => files::run(&repo, c, cli.json).await,
         Command::Host(c) => host::run_host(&repo, c, cli.json).await,
         Command::Vm(c) => host::run_vm(&repo, c, cli.json).await,
     }
