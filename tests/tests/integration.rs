@@ -5,7 +5,9 @@ mod integration {
     pub mod bad_input;
     pub mod crash;
     pub mod dedup;
+    pub mod files;
     pub mod live_vm;
     pub mod nbd_source;
     pub mod quickstart;
+    pub mod serve;
 }

@@ -2,11 +2,13 @@
 //! data path.
 
 pub mod error;
+pub mod files;
 pub mod nbd;
 pub mod pipeline;
 pub mod qemu;
 pub mod qmp;
 pub mod restore;
+pub mod serve;
 pub mod snapshot_reader;
 pub mod source;
 

@@ -15,7 +15,7 @@ mod commands;
 mod conn;
 mod error;
 mod handshake;
-mod proto;
+pub(crate) mod proto;
 mod reader;
 
 #[cfg(test)]

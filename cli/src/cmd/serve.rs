@@ -1,11 +1,77 @@
-//! `bora serve SNAP --vm NAME --disk NAME --listen ADDR [--name EXPORT] [--writable]`.
+//! `bora serve SNAP --vm NAME --disk NAME --listen ADDR [--name EXPORT] [--writable]`:
+//! exports a snapshot's disk over NBD until SIGINT or SIGTERM. Listen on loopback
+//! (`127.0.0.1:PORT`) or a unix socket unless the network is trusted: NBD has no
+//! authentication here. The only stdout line is the URL (or `--json` object) once serving.
 
+use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use bora_core::store::ChunkStore;
+use bora_worker::serve::{Export, ListenAddr, Server};
+use bora_worker::snapshot_reader::{DEFAULT_CACHE_CHUNKS, SnapshotReader};
 
 use crate::cli::ServeArgs;
+use crate::repo::Repo;
+use crate::snapshot_disk::SnapshotDisk;
 
-pub async fn run(_repo_dir: &Path, _args: ServeArgs, _json: bool) -> Result<()> {
-    bail!("bora serve is not built yet")
+pub async fn run(repo_dir: &Path, args: ServeArgs, json: bool) -> Result<()> {
+    let listen = ListenAddr::parse(&args.listen)?;
+    let repo = Repo::open(repo_dir, false, None)?;
+    let SnapshotDisk { meta, disk, index } =
+        crate::snapshot_disk::open(&repo, &args.snapshot, &args.vm, &args.disk).await?;
+    let store: Arc<dyn ChunkStore> = repo.store.clone();
+    let reader = Arc::new(SnapshotReader::new(
+        store,
+        Arc::new(index),
+        DEFAULT_CACHE_CHUNKS,
+    ));
+    let name = args.name.as_deref().unwrap_or(&args.disk);
+    let mut export = Export::new(name, &args.vm, &args.disk, reader)?;
+    if args.writable {
+        let dir = repo.dir.join("scratch");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        export = export.writable(&dir)?;
+    }
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
+    let server = Server::bind(&listen, Arc::new(export)).await?;
+    if !server.is_local() {
+        eprintln!(
+            "warning: {} is reachable from other machines and NBD has no authentication; \
+             prefer 127.0.0.1:PORT or unix:PATH",
+            args.listen
+        );
+    }
+    let url = server.url();
+    let line = if json {
+        serde_json::to_string(&serde_json::json!({
+            "url": url,
+            "export": name,
+            "size": disk.size,
+            "snapshot": meta.id.to_string(),
+            "writable": args.writable,
+        }))?
+    } else {
+        format!("serving {url}")
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    tracing::info!(snapshot = %meta.id, vm = %args.vm, disk = %args.disk, %url, "serving");
+    server
+        .run(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+        .await?;
+    Ok(())
 }
