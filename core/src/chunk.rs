@@ -58,6 +58,9 @@ pub enum ChunkError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("chunk is {0} bytes, more than the {MAX_CHUNK_LEN} allowed")]
     InputTooLarge(usize),
+    /// A remote storage node found the chunk corrupt; its message says how.
+    #[error("reported by the storage node: {0}")]
+    Reported(String),
 }
 
 /// A chunk ready to store: its digest, plaintext length and encoded record.

@@ -113,5 +113,7 @@ impl Storage for StorageService {
     }
 }
 
+pub mod client;
+
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,8 @@
 //! so an index entry always points at bytes that were on stable storage when it was written.
 //!
 //! - [`store::LocalChunkStore`] implements [`bora_core::store::ChunkStore`];
-//! - [`grpc::StorageService`] serves any `ChunkStore` over gRPC.
+//! - [`grpc::StorageService`] serves any `ChunkStore` over gRPC, and
+//!   [`grpc::client::GrpcChunkStore`] is a `ChunkStore` on the far side of that service.
 
 pub mod backend;
 pub mod error;
