@@ -1,20 +1,7 @@
 //! Human-readable numbers.
 
 /// Bytes as B/KiB/MiB/GiB with one decimal.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use bora_core::units::human_bytes as bytes;
 
 /// Throughput of `n` bytes in `secs` seconds.
 pub fn rate(n: u64, secs: f64) -> String {
@@ -45,14 +32,4 @@ pub fn one_line(e: &anyhow::Error) -> String {
 pub fn json(v: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_bytes() {
-        assert_eq!(super::bytes(10), "10 B");
-        assert_eq!(super::bytes(1536), "1.5 KiB");
-        assert_eq!(super::bytes(3 << 30), "3.0 GiB");
-    }
 }

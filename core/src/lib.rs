@@ -13,6 +13,7 @@ pub mod progress;
 pub mod range;
 pub mod snapshot;
 pub mod store;
+pub mod units;
 
 pub use digest::Digest;
 pub use range::ByteRange;

@@ -224,20 +224,7 @@ pub(crate) fn rfc3339(secs: i64, nanos: u32) -> Option<String> {
 }
 
 /// Bytes as B/KiB/MiB/GiB with one decimal (for partition lists in errors).
-pub(crate) fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub(crate) use bora_core::units::human_bytes as human;
 
 thread_local! {
     /// Whether this thread is inside [`guarded`]: its panics are turned into errors.
