@@ -124,8 +124,18 @@ pub fn tool(program: &str, args: &[&str]) -> Output {
 
 /// `qemu-img compare` exit code: 0 identical, 1 different.
 pub fn images_identical(a: &Path, b: &Path) -> bool {
+    qemu_compare(&[], a.as_os_str(), b.as_os_str())
+}
+
+/// `qemu-img compare -f raw -F raw IMAGE URL`, e.g. against an NBD export.
+pub fn raw_identical(image: &Path, url: &str) -> bool {
+    qemu_compare(&["-f", "raw", "-F", "raw"], image.as_os_str(), url.as_ref())
+}
+
+fn qemu_compare(opts: &[&str], a: &std::ffi::OsStr, b: &std::ffi::OsStr) -> bool {
     let out = Command::new("qemu-img")
         .arg("compare")
+        .args(opts)
         .arg(a)
         .arg(b)
         .output()
@@ -251,4 +261,31 @@ pub fn qemu_nbd_writable(image: &Path, export: &str, sock: &Path) -> std::proces
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     child
+}
+
+/// Waits until `child` (a running `bora backup`) has written `packs` pack files under
+/// `repo` beyond the `before` there were when it started — so it stored chunks but has not
+/// committed — then SIGKILLs it. Two packs are uploaded at a time, so once the third
+/// appears the first is indexed.
+pub fn kill_after_packs(
+    child: &mut std::process::Child,
+    repo: &Path,
+    before: usize,
+    packs: usize,
+    limit: std::time::Duration,
+) {
+    let started = std::time::Instant::now();
+    while pack_files(repo).len() < before + packs {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "backup finished before it could be killed"
+        );
+        assert!(
+            started.elapsed() < limit,
+            "backup wrote no pack in {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
 }

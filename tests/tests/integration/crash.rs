@@ -46,20 +46,13 @@ fn killed_backup_commits_nothing_and_the_repository_stays_usable() {
         .unwrap();
     // Kill it once it has stored some chunks, before it can commit. Two packs are
     // uploaded at a time, so when the third appears the first is indexed.
-    let started = Instant::now();
-    while pack_files(&env.repo()).len() < packs_before + 3 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "backup finished before it could be killed"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "backup wrote no pack in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_packs(
+        &mut child,
+        &env.repo(),
+        packs_before,
+        3,
+        Duration::from_secs(30),
+    );
 
     // qemu-nbd notices its client is gone and exits by itself.
     let big_name = big.to_str().unwrap();

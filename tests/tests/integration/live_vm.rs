@@ -519,20 +519,13 @@ fn killed_backup_loses_no_change() {
         .unwrap();
     // Killed once it stored some chunks (packs are uploaded two at a time), i.e. while
     // the disk is frozen and exported.
-    let started = Instant::now();
-    while pack_files(&env.repo()).len() < packs_before + 3 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "backup finished before it could be killed"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "backup wrote no pack in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_packs(
+        &mut child,
+        &env.repo(),
+        packs_before,
+        3,
+        Duration::from_secs(60),
+    );
 
     // What the killed backup left: its export, job and fleecing nodes, and two bitmaps.
     let left = q.bora_leftovers();

@@ -84,24 +84,6 @@ fn stop(mut s: Served) {
     assert_eq!(status.code(), Some(0), "bora serve failed: {err}");
 }
 
-/// `qemu-img compare -f raw -F raw IMAGE URL`: true when identical.
-fn compare(image: &Path, url: &str) -> bool {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw"])
-        .arg(image)
-        .arg(url)
-        .output()
-        .expect("qemu-img");
-    match out.status.code() {
-        Some(0) => true,
-        Some(1) => false,
-        _ => panic!(
-            "qemu-img compare failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-}
-
 fn backup(env: &Env, img: &Path, vm: &str) -> String {
     let r = env.json(&["backup", "--image", img.to_str().unwrap(), "--vm", vm]);
     r["snapshot"].as_str().expect("snapshot id").to_string()
@@ -135,7 +117,7 @@ fn serve_gives_qemu_the_snapshot_bit_exact_with_holes() {
     assert!(s.url.starts_with("nbd://127.0.0.1:"), "{}", s.url);
     assert!(s.url.ends_with("/vm"), "{}", s.url);
 
-    assert!(compare(&img, &s.url));
+    assert!(raw_identical(&img, &s.url));
 
     // Two clients at once.
     let a = Command::new("qemu-img")
@@ -221,10 +203,10 @@ fn serve_an_older_snapshot_on_a_unix_socket() {
     );
     assert_eq!(s.url, format!("nbd+unix:///old?socket={}", sock.display()));
     assert!(
-        compare(&v1, &s.url),
+        raw_identical(&v1, &s.url),
         "the older snapshot serves the older bytes"
     );
-    assert!(!compare(&img, &s.url));
+    assert!(!raw_identical(&img, &s.url));
     stop(s);
     assert!(!sock.exists(), "the socket is removed at shutdown");
 }
@@ -337,7 +319,7 @@ fn read_only_export_refuses_writes_and_survives_hostile_clients() {
     assert!(rest.is_empty());
 
     assert!(
-        compare(&img, &s.url),
+        raw_identical(&img, &s.url),
         "the server still serves after hostile clients"
     );
     stop(s);
@@ -396,13 +378,13 @@ fn writable_export_keeps_writes_in_an_overlay_and_the_snapshot_unchanged() {
             &s.url,
         ],
     );
-    assert!(!compare(&img, &s.url));
+    assert!(!raw_identical(&img, &s.url));
     let mut want = std::fs::read(&img).expect("read image");
     want[1000..71_000].fill(0x5a);
     want[(41 * MIB) as usize..(41 * MIB + 4096) as usize].fill(0x6b);
     let expected = env.path("expected.raw");
     std::fs::write(&expected, &want).expect("write");
-    assert!(compare(&expected, &s.url));
+    assert!(raw_identical(&expected, &s.url));
     stop(s);
 
     let restored = env.path("restored.raw");
@@ -467,7 +449,7 @@ fn serve_prints_json_and_refuses_bad_listen_addresses() {
     assert_eq!(v["export"], "vm");
     assert_eq!(u(&v, "size"), 8 * MIB);
     let url = v["url"].as_str().expect("url").to_string();
-    assert!(compare(&img, &url));
+    assert!(raw_identical(&img, &url));
     stop(Served {
         child,
         url,

@@ -86,10 +86,16 @@ fn decide(
     (Mode::Incremental { base: base.clone() }, Some(base))
 }
 
-/// Backs up one VM.
-pub async fn backup_vm(repo: &Repo, vm: &str, full: bool, quiet: bool) -> Result<BackupReport> {
-    let (host, sock) = find_vm(repo, vm)?;
-    let qmp = connect(&sock).await?;
+/// Backs up one VM, found at `sock` on `host` (see [`find_vm`]).
+pub async fn backup_vm(
+    repo: &Repo,
+    host: &HostSpec,
+    sock: &VmSocket,
+    full: bool,
+    quiet: bool,
+) -> Result<BackupReport> {
+    let vm = sock.vm.as_str();
+    let qmp = connect(sock).await?;
     let disks = vm_disks(&qmp, vm).await?;
     if disks.is_empty() {
         bail!("vm {vm} has no disks");
@@ -128,7 +134,7 @@ pub async fn backup_vm(repo: &Repo, vm: &str, full: bool, quiet: bool) -> Result
         });
     }
     let id = SnapshotId::random();
-    let addr = nbd_addr(&host, &sock)?;
+    let addr = nbd_addr(host, sock)?;
     let frozen = Frozen::freeze(&qmp, vm, id.as_str(), freeze, &scratch, addr).await?;
 
     let result = async {
@@ -195,7 +201,7 @@ pub async fn run(
         }
     }
     for vm in unique.iter().copied() {
-        let (host, _) = find_vm(repo, vm)?;
+        let (host, sock) = find_vm(repo, vm)?;
         let sem = limits
             .entry(host.name.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(host.max_concurrent.max(1) as usize)))
@@ -204,7 +210,7 @@ pub async fn run(
         let quiet = quiet || unique.len() > 1;
         jobs.push(async move {
             let _permit = sem.acquire().await;
-            (vm.clone(), backup_vm(repo, vm, full, quiet).await)
+            (vm.clone(), backup_vm(repo, &host, &sock, full, quiet).await)
         });
     }
     let results = futures::future::join_all(jobs).await;
