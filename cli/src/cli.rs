@@ -38,6 +38,9 @@ pub enum Command {
     Quickstart(QuickstartArgs),
     /// Export a snapshot's disk over NBD (instant recovery: QEMU can boot from it).
     Serve(ServeArgs),
+    /// Write a snapshot disk with the changes saved in a serve overlay onto a disk
+    /// (ends an instant recovery: the VM moves back to real storage).
+    CopyBack(CopyBackArgs),
     /// Files inside a snapshot's disk (GPT/MBR; ext4, FAT, NTFS), without restoring it.
     #[command(subcommand)]
     Files(FilesCommand),
@@ -178,6 +181,26 @@ pub struct ServeArgs {
     /// Accept writes into a local copy-on-write overlay (the snapshot is never changed).
     #[arg(long)]
     pub writable: bool,
+    /// Keep the overlay in DIR (implies --writable): it survives a restart of `serve`
+    /// (serving DIR again resumes it) and `bora copy-back` writes it onto a disk.
+    #[arg(long, value_name = "DIR")]
+    pub overlay: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct CopyBackArgs {
+    /// The overlay directory of `bora serve --overlay DIR` (not while it is served).
+    #[arg(long, value_name = "DIR")]
+    pub overlay: PathBuf,
+    /// A file or block device path, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
+    #[arg(long, value_name = "TARGET")]
+    pub to: String,
+    /// Image format of a file target (default: qcow2 for *.qcow2, else raw).
+    #[arg(long, value_parser = ["raw", "qcow2"])]
+    pub format: Option<String>,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Which disk of which snapshot, and which partition.

@@ -6,6 +6,7 @@ use crate::cli::{Cli, Command};
 use crate::repo::default_repo_dir;
 
 mod backup;
+mod copy_back;
 mod files;
 mod host;
 mod quickstart;
@@ -36,6 +37,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(a) => restore::run(&repo, a, cli.json).await,
         Command::Quickstart(a) => quickstart::run(&repo, a, cli.json).await,
         Command::Serve(a) => serve::run(&repo, a, cli.json).await,
+        Command::CopyBack(a) => copy_back::run(&repo, a, cli.json).await,
         Command::Files(c) => files::run(&repo, c, cli.json).await,
         Command::Host(c) => host::run_host(&repo, c, cli.json).await,
         Command::Vm(c) => host::run_vm(&repo, c, cli.json).await,

@@ -5,6 +5,7 @@
 pub mod blockmap;
 pub mod chunk;
 pub mod digest;
+pub mod fsutil;
 pub mod host;
 pub mod index;
 pub mod index_store;

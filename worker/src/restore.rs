@@ -37,6 +37,8 @@ pub enum RestoreError {
         #[source]
         source: StoreError,
     },
+    #[error("reading the overlay at disk offset {offset}: {reason}")]
+    Patch { offset: u64, reason: String },
     #[error("restore target {target}: {reason}")]
     Target { target: String, reason: String },
     #[error("internal error: {0}")]
@@ -49,6 +51,15 @@ pub struct RestoreStats {
     pub bytes_written: u64,
     pub chunks_fetched: u64,
     pub chunks_zero: u64,
+}
+
+/// Local changes laid over the snapshot as it is restored (copy-back of the overlay a VM
+/// wrote while running from the backup).
+pub trait Patch: Send + Sync {
+    /// Whether any byte of `[offset, offset + len)` is changed.
+    fn touches(&self, offset: u64, len: u64) -> bool;
+    /// Replaces the changed bytes of `buf`, which holds the disk from `offset`. Blocking.
+    fn apply(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
 }
 
 /// Splits `data` at `base` into runs of non-zero [`ZERO_BLOCK`]s: `(offset, start, end)`.
@@ -72,10 +83,11 @@ fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
     runs
 }
 
-/// Writes the disk described by `index` into `target`.
+/// Writes the disk described by `index`, with `patch` laid over it, into `target`.
 pub async fn restore_disk(
     store: Arc<dyn ChunkStore>,
     index: &DiskIndex,
+    patch: Option<Arc<dyn Patch>>,
     target: Box<dyn DiskWriter>,
     progress: &Progress,
 ) -> Result<RestoreStats, RestoreError> {
@@ -87,9 +99,16 @@ pub async fn restore_disk(
         let mut fetched = futures::stream::iter(chunks)
             .map(|(i, (offset, len), digest)| {
                 let store = store.clone();
+                let patch = patch.clone().filter(|p| p.touches(offset, u64::from(len)));
                 async move {
                     let Some(digest) = digest else {
-                        return Ok((offset, len, None));
+                        return match patch {
+                            None => Ok((offset, len, None)),
+                            Some(p) => {
+                                let zeros = vec![0u8; len as usize];
+                                Ok((offset, len, Some(apply_patch(p, offset, zeros).await?)))
+                            }
+                        };
                     };
                     let data = store
                         .read(&digest)
@@ -111,6 +130,10 @@ pub async fn restore_disk(
                             )),
                         });
                     }
+                    let data = match patch {
+                        None => data,
+                        Some(p) => apply_patch(p, offset, data.to_vec()).await?,
+                    };
                     Ok((offset, len, Some(data)))
                 }
             })
@@ -165,6 +188,25 @@ pub async fn restore_disk(
             Err(e)
         }
     }
+}
+
+/// Lays `patch` over the chunk at disk offset `offset`.
+async fn apply_patch(
+    patch: Arc<dyn Patch>,
+    offset: u64,
+    mut data: Vec<u8>,
+) -> Result<bytes::Bytes, RestoreError> {
+    tokio::task::spawn_blocking(move || {
+        patch
+            .apply(offset, &mut data)
+            .map(|()| bytes::Bytes::from(data))
+    })
+    .await
+    .map_err(|e| RestoreError::Internal(format!("patch task failed: {e}")))?
+    .map_err(|e| RestoreError::Patch {
+        offset,
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

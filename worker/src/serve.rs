@@ -15,6 +15,8 @@
 mod export;
 mod negotiate;
 mod overlay;
+pub mod overlay_map;
+mod saved;
 mod transmission;
 mod wire;
 
@@ -34,6 +36,8 @@ use tracing::Instrument;
 
 pub use export::{Export, ExportError};
 pub use overlay::OverlayError;
+pub use overlay_map::{OverlayHeader, OverlayMapError};
+pub use saved::SavedOverlay;
 
 /// A client must finish the handshake within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,6 +55,10 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    SavedOverlay(#[from] OverlayMapError),
+    #[error("saving the overlay at shutdown: {0}")]
+    SaveAtShutdown(#[source] ExportError),
     #[error("export name of {0} bytes is longer than NBD allows (4096)")]
     ExportName(usize),
     #[error("cannot create the overlay file in {}: {source}", dir.display())]
@@ -209,11 +217,16 @@ impl Server {
             );
         }
         tasks.shutdown().await;
-        if let Err(e) = export.flush().await {
-            tracing::warn!(error = %e, "flushing the overlay at shutdown failed");
-        }
+        let flushed = export.flush().await;
         if let Listener::Unix(_, p) = &listener {
             remove_socket(p);
+        }
+        if let Err(e) = flushed {
+            tracing::warn!(error = %e, "flushing the overlay at shutdown failed");
+            // The writes of a saved overlay would be lost: that is the server's failure.
+            if export.is_saved() {
+                return Err(ServeError::SaveAtShutdown(e));
+            }
         }
         tracing::info!(bytes_fetched = export.bytes_fetched(), "nbd server stopped");
         Ok(())

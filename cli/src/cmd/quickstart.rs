@@ -183,7 +183,16 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
             format: ImageFormat::Qcow2,
             force: true,
         };
-        restore(&repo, report.meta.id.as_str(), VM, DISK, &target, json).await?;
+        restore(
+            &repo,
+            report.meta.id.as_str(),
+            VM,
+            DISK,
+            None,
+            &target,
+            json,
+        )
+        .await?;
         compare(original, &out).await?;
         restored.push(out);
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow};
 
 use bora_core::progress::Progress;
 use bora_core::store::ChunkStore;
-use bora_worker::restore::{RestoreStats, RestoreTarget, open_target, restore_disk};
+use bora_worker::restore::{Patch, RestoreStats, RestoreTarget, open_target, restore_disk};
 
 use crate::cli::RestoreArgs;
 use crate::output;
@@ -16,12 +16,13 @@ use crate::progress::Bar;
 use crate::repo::Repo;
 use crate::snapshot_disk::SnapshotDisk;
 
-/// Restores one disk of a snapshot to `to`.
+/// Restores one disk of a snapshot, with `patch` laid over it, to `target`.
 pub async fn restore(
     repo: &Repo,
     snapshot: &str,
     vm: &str,
     disk: &str,
+    patch: Option<Arc<dyn Patch>>,
     target: &RestoreTarget,
     quiet: bool,
 ) -> Result<(RestoreStats, u64, String)> {
@@ -39,25 +40,36 @@ pub async fn restore(
         progress.clone(),
         quiet,
     );
-    let stats = restore_disk(store, &index, writer, &progress)
+    let stats = restore_disk(store, &index, patch, writer, &progress)
         .await
         .with_context(|| format!("restore of snapshot {} disk {disk} failed", meta.id))?;
     bar.finish();
     Ok((stats, d.size, meta.id.to_string()))
 }
 
-pub async fn run(repo_dir: &Path, args: RestoreArgs, json: bool) -> Result<()> {
-    let started = Instant::now();
-    let repo = Repo::open(repo_dir, false, None)?;
-    let format = args
-        .format
-        .as_deref()
+/// `--to` and `--format` of a restore.
+pub fn parse_target(to: &str, format: Option<&str>, force: bool) -> Result<RestoreTarget> {
+    let format = format
         .map(str::parse)
         .transpose()
         .map_err(|e: String| anyhow!(e))?;
-    let target = RestoreTarget::parse(&args.to, format, args.force).map_err(|e| anyhow!(e))?;
-    let (stats, size, id) =
-        restore(&repo, &args.snapshot, &args.vm, &args.disk, &target, json).await?;
+    RestoreTarget::parse(to, format, force).map_err(|e| anyhow!(e))
+}
+
+pub async fn run(repo_dir: &Path, args: RestoreArgs, json: bool) -> Result<()> {
+    let started = Instant::now();
+    let repo = Repo::open(repo_dir, false, None)?;
+    let target = parse_target(&args.to, args.format.as_deref(), args.force)?;
+    let (stats, size, id) = restore(
+        &repo,
+        &args.snapshot,
+        &args.vm,
+        &args.disk,
+        None,
+        &target,
+        json,
+    )
+    .await?;
     let secs = started.elapsed().as_secs_f64();
     if json {
         output::json(&serde_json::json!({

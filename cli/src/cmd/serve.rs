@@ -1,4 +1,5 @@
-//! `bora serve SNAP --vm NAME --disk NAME --listen ADDR [--name EXPORT] [--writable]`:
+//! `bora serve SNAP --vm NAME --disk NAME --listen ADDR [--name EXPORT] [--writable |
+//! --overlay DIR]`:
 //! exports a snapshot's disk over NBD until SIGINT or SIGTERM. Listen on loopback
 //! (`127.0.0.1:PORT`) or a unix socket unless the network is trusted: NBD has no
 //! authentication here. The only stdout line is the URL (or `--json` object) once serving.
@@ -31,7 +32,9 @@ pub async fn run(repo_dir: &Path, args: ServeArgs, json: bool) -> Result<()> {
     ));
     let name = args.name.as_deref().unwrap_or(&args.disk);
     let mut export = Export::new(name, &args.vm, &args.disk, reader)?;
-    if args.writable {
+    if let Some(dir) = &args.overlay {
+        export = export.writable_saved(dir, meta.id.as_str())?;
+    } else if args.writable {
         let dir = repo.dir.join("scratch");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -54,7 +57,8 @@ pub async fn run(repo_dir: &Path, args: ServeArgs, json: bool) -> Result<()> {
             "export": name,
             "size": disk.size,
             "snapshot": meta.id.to_string(),
-            "writable": args.writable,
+            "writable": args.writable || args.overlay.is_some(),
+            "overlay": args.overlay,
         }))?
     } else {
         format!("serving {url}")

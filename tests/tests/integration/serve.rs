@@ -401,6 +401,153 @@ fn writable_export_keeps_writes_in_an_overlay_and_the_snapshot_unchanged() {
     assert!(images_identical(&img, &restored), "the snapshot changed");
 }
 
+/// `qemu-io` commands against `url`.
+fn qemu_io(url: &str, cmds: &[&str]) {
+    let mut args = vec!["-f", "raw"];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.push(url);
+    tool("qemu-io", &args);
+}
+
+#[test]
+fn saved_overlay_survives_a_restart_and_copies_back_bit_exact() {
+    let env = Env::new();
+    let img = env.path("vm.raw");
+    raw_image(&img, 64 * MIB, &mixed_writes());
+    let snap = backup(&env, &img, "web");
+    let overlay = env.path("overlay");
+    let ov = overlay.to_str().unwrap();
+    let sock = env.path("rw.sock");
+    let listen = format!("unix:{}", sock.display());
+    let args = [
+        "latest",
+        "--vm",
+        "web",
+        "--disk",
+        "vm",
+        "--listen",
+        &listen,
+        "--overlay",
+        ov,
+    ];
+
+    // First session: writes over data, a hole, and zeros over data.
+    let s = serve(&env, &args);
+    qemu_io(
+        &s.url,
+        &[
+            "write -P 0x5a 1000 70000",
+            "write -z 10M 1M",
+            "write -P 0x6b 41M 4k",
+            "flush",
+        ],
+    );
+    // While it is served the overlay is locked.
+    let err = env.fails(&[
+        "copy-back",
+        "--overlay",
+        ov,
+        "--to",
+        env.path("x.raw").to_str().unwrap(),
+    ]);
+    assert!(err.contains("in use"), "{err}");
+    stop(s);
+
+    // Second session resumes the overlay: the first session's writes are there.
+    let s = serve(&env, &args);
+    qemu_io(
+        &s.url,
+        &[
+            "read -P 0x5a 1000 70000",
+            "read -P 0 10M 1M",
+            "write -P 0x7c 63M 1M",
+            "flush",
+        ],
+    );
+    stop(s);
+
+    let mut want = std::fs::read(&img).expect("read image");
+    want[1000..71_000].fill(0x5a);
+    want[(10 * MIB) as usize..(11 * MIB) as usize].fill(0);
+    want[(41 * MIB) as usize..(41 * MIB + 4096) as usize].fill(0x6b);
+    want[(63 * MIB) as usize..(64 * MIB) as usize].fill(0x7c);
+    let expected = env.path("expected.raw");
+    std::fs::write(&expected, &want).expect("write");
+
+    // Copy-back to a raw file, a qcow2 file and a live NBD export holding other data.
+    let raw = env.path("back.raw");
+    let r = env.json(&["copy-back", "--overlay", ov, "--to", raw.to_str().unwrap()]);
+    assert_eq!(r["snapshot"], snap.as_str());
+    assert_eq!(r["vm"], "web");
+    assert!(u(&r, "overlay_bytes") >= 70_000 + MIB + 4096 + MIB, "{r}");
+    assert!(
+        images_identical(&expected, &raw),
+        "copy-back to raw differs"
+    );
+    let qcow = env.path("back.qcow2");
+    env.ok(&["copy-back", "--overlay", ov, "--to", qcow.to_str().unwrap()]);
+    assert!(
+        images_identical(&expected, &qcow),
+        "copy-back to qcow2 differs"
+    );
+    let host_img = env.path("host.qcow2");
+    let dirty = env.path("dirty.raw");
+    raw_image(&dirty, 64 * MIB, &[(0, noise(64 * MIB as usize, 99))]);
+    qcow2_from_raw(&dirty, &host_img);
+    let nbd_sock = env.path("host.sock");
+    let mut qn = qemu_nbd_writable(&host_img, "disk0", &nbd_sock);
+    let url = format!("nbd+unix:///disk0?socket={}", nbd_sock.display());
+    env.ok(&["copy-back", "--overlay", ov, "--to", &url]);
+    qn.wait().expect("qemu-nbd exits after its client");
+    assert!(
+        images_identical(&expected, &host_img),
+        "copy-back to NBD differs"
+    );
+
+    // The overlay belongs to that snapshot disk: another is refused, nothing changes.
+    let other = env.path("other.raw");
+    raw_image(&other, 64 * MIB, &[(0, noise(4096, 5))]);
+    backup(&env, &other, "db");
+    let out = env.run(&[
+        "serve",
+        "latest",
+        "--vm",
+        "db",
+        "--disk",
+        "other",
+        "--listen",
+        &listen,
+        "--overlay",
+        ov,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("was written over vm web"),
+        "{err}"
+    );
+    assert!(!env.path("nowhere").exists());
+    let err = env.fails(&[
+        "copy-back",
+        "--overlay",
+        env.path("nowhere").to_str().unwrap(),
+        "--to",
+        env.path("y.raw").to_str().unwrap(),
+    ]);
+    assert!(err.contains("no such overlay"), "{err}");
+    assert!(!env.path("y.raw").exists());
+    env.ok(&[
+        "copy-back",
+        "--overlay",
+        ov,
+        "--to",
+        raw.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(images_identical(&expected, &raw));
+}
+
 #[test]
 fn serve_prints_json_and_refuses_bad_listen_addresses() {
     let env = Env::new();

@@ -11,6 +11,7 @@ use bora_core::index::DiskIndex;
 
 use super::ServeError;
 use super::overlay::{BLOCK, Bitmap, Overlay, OverlayError};
+use super::overlay_map::OverlayHeader;
 use super::wire;
 use crate::nbd::{STATE_HOLE, STATE_ZERO};
 use crate::snapshot_reader::{ReadError, SnapshotReader};
@@ -166,6 +167,32 @@ impl Export {
         })?;
         self.overlay = Some(overlay);
         Ok(self)
+    }
+
+    /// Makes the export writable through the saved overlay in `dir` (created if needed;
+    /// an overlay already there must belong to this disk of `snapshot`). It outlives the
+    /// server: serving it again resumes it, `bora copy-back` writes it onto a disk.
+    pub fn writable_saved(mut self, dir: &Path, snapshot: &str) -> Result<Export, ServeError> {
+        let header = OverlayHeader {
+            vm: self.vm.clone(),
+            disk: self.disk.clone(),
+            snapshot: snapshot.to_string(),
+            size: self.size(),
+        };
+        self.overlay = Some(Overlay::open_dir(dir, Some(&header))?);
+        Ok(self)
+    }
+
+    /// Whether writes are kept after the server stops.
+    pub fn is_saved(&self) -> bool {
+        self.overlay.as_ref().is_some_and(|o| o.header().is_some())
+    }
+
+    /// Bytes of the disk written through the export so far (whole 4 KiB blocks).
+    pub fn bytes_written(&self) -> u64 {
+        self.overlay
+            .as_ref()
+            .map_or(0, |o| o.with_bitmap(|b| b.count()) * BLOCK)
     }
 
     pub fn name(&self) -> &str {

@@ -1,14 +1,17 @@
 //! The copy-on-write overlay of a writable export: a sparse, unnamed temporary file as large
 //! as the disk, and an in-memory bitmap of the 4 KiB blocks written to it. Blocks whose bit
-//! is set are read from the file; all others from the snapshot, which is never changed. The
-//! overlay lives as long as the server: the file has no name and vanishes with the process.
+//! is set are read from the file; all others from the snapshot, which is never changed. By
+//! default the overlay lives as long as the server: the file has no name and vanishes with
+//! the process. A saved overlay ([`Overlay::open_dir`]) keeps the file and its bitmap in a
+//! directory ([`super::overlay_map`]) for a restart or a copy-back.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use super::overlay_map::{self, DATA_FILE, OverlayHeader, OverlayMapError};
 use crate::snapshot_reader::{ReadError, SnapshotReader};
 
 /// Granularity of the overlay.
@@ -31,6 +34,11 @@ impl Bitmap {
             words: vec![0; blocks.div_ceil(64) as usize],
             blocks,
         }
+    }
+
+    /// Blocks of the disk.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
     }
 
     /// Whether block `b` was written (false past the end).
@@ -70,7 +78,7 @@ impl Bitmap {
         self.blocks
     }
 
-    #[cfg(test)]
+    /// Blocks written.
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
     }
@@ -91,6 +99,16 @@ pub(crate) struct Overlay {
     written: RwLock<Bitmap>,
     /// Writes run one at a time: a partial block is read, merged and written back.
     write_lock: tokio::sync::Mutex<()>,
+    saved: Option<Saved>,
+}
+
+/// Where a saved overlay keeps its bitmap.
+struct Saved {
+    dir: PathBuf,
+    header: OverlayHeader,
+    /// Saves run one at a time (they share a temporary file name).
+    save_lock: tokio::sync::Mutex<()>,
+    _lock: File,
 }
 
 /// Runs blocking file I/O off the async executor.
@@ -112,7 +130,123 @@ impl Overlay {
             size,
             written: RwLock::new(Bitmap::new(size)),
             write_lock: tokio::sync::Mutex::new(()),
+            saved: None,
         })
+    }
+
+    /// Opens the saved overlay in `dir` and locks it. With `wanted` (serving), `dir` is
+    /// created if needed and an overlay saved there must belong to that snapshot disk; an
+    /// empty directory gets a new overlay. Without (copy-back), the overlay must exist.
+    pub fn open_dir(
+        dir: &Path,
+        wanted: Option<&OverlayHeader>,
+    ) -> Result<Overlay, OverlayMapError> {
+        let io = |source| OverlayMapError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let invalid = |reason: String| OverlayMapError::Invalid {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        if wanted.is_some() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        } else if !dir.is_dir() {
+            return Err(invalid("no such overlay directory".into()));
+        }
+        let lock = overlay_map::lock(dir)?;
+        let data = dir.join(DATA_FILE);
+        let (header, bitmap, file) = match (overlay_map::load(dir)?, wanted) {
+            (Some((found, bitmap)), wanted) => {
+                if let Some(w) = wanted.filter(|w| **w != found) {
+                    return Err(OverlayMapError::OtherDisk {
+                        dir: dir.to_path_buf(),
+                        found: Box::new(found),
+                        wanted: Box::new(w.clone()),
+                    });
+                }
+                let file = File::options()
+                    .read(true)
+                    .write(true)
+                    .open(&data)
+                    .map_err(io)?;
+                let len = file.metadata().map_err(io)?.len();
+                if len != found.size {
+                    return Err(invalid(format!(
+                        "{DATA_FILE} is {len} bytes, the disk {}",
+                        found.size
+                    )));
+                }
+                (found, bitmap, file)
+            }
+            (None, Some(w)) => {
+                let file = File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&data)
+                    .map_err(io)?;
+                file.set_len(w.size).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                overlay_map::save(dir, w, Vec::new()).map_err(io)?;
+                (w.clone(), Bitmap::new(w.size), file)
+            }
+            (None, None) => {
+                return Err(invalid(format!(
+                    "no {}: not a bora overlay",
+                    overlay_map::MAP_FILE
+                )));
+            }
+        };
+        Ok(Overlay {
+            file: Arc::new(file),
+            size: header.size,
+            written: RwLock::new(bitmap),
+            write_lock: tokio::sync::Mutex::new(()),
+            saved: Some(Saved {
+                dir: dir.to_path_buf(),
+                header,
+                save_lock: tokio::sync::Mutex::new(()),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The snapshot disk a saved overlay belongs to.
+    pub fn header(&self) -> Option<&OverlayHeader> {
+        self.saved.as_ref().map(|s| &s.header)
+    }
+
+    /// Replaces the bytes of `buf` (disk offset `offset`) that were written in the overlay.
+    /// Blocking file I/O.
+    pub fn patch_blocking(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset.saturating_add(buf.len() as u64).min(self.size);
+        let runs = self.with_bitmap(|bm| {
+            let mut runs = Vec::new();
+            let mut b = offset / BLOCK;
+            while b * BLOCK < end {
+                let next = bm.run_end(b);
+                if bm.get(b) {
+                    runs.push(((b * BLOCK).max(offset), (next * BLOCK).min(end)));
+                }
+                b = next;
+            }
+            runs
+        });
+        for (s, e) in runs {
+            let at = (s - offset) as usize;
+            self.file
+                .read_exact_at(&mut buf[at..at + (e - s) as usize], s)?;
+        }
+        Ok(())
+    }
+
+    /// Whether any block of `[offset, offset + len)` was written.
+    pub fn touches(&self, offset: u64, len: u64) -> bool {
+        let first = offset / BLOCK;
+        let end = offset.saturating_add(len).div_ceil(BLOCK);
+        self.with_bitmap(|bm| first < bm.blocks() && (bm.get(first) || bm.run_end(first) < end))
     }
 
     /// Runs `f` on the bitmap (no await inside).
@@ -252,10 +386,23 @@ impl Overlay {
             .set_range(start / BLOCK, stop.div_ceil(BLOCK));
     }
 
-    /// fsyncs the overlay file.
+    /// fsyncs the overlay file, then (a saved overlay) saves the bitmap: every block the
+    /// saved bitmap lists was written before the fsync.
     pub async fn flush(&self) -> io::Result<()> {
+        let Some(saved) = &self.saved else {
+            let file = self.file.clone();
+            return blocking(move || file.sync_data()).await;
+        };
+        let _guard = saved.save_lock.lock().await;
+        let runs = self.with_bitmap(overlay_map::runs);
         let file = self.file.clone();
-        blocking(move || file.sync_data()).await
+        let dir = saved.dir.clone();
+        let header = saved.header.clone();
+        blocking(move || {
+            file.sync_data()?;
+            overlay_map::save(&dir, &header, runs)
+        })
+        .await
     }
 }
 
@@ -312,5 +459,61 @@ mod tests {
         assert_eq!(&got[100..110], &[1u8; 10]);
         assert!(got[110..].iter().all(|b| *b == 0));
         o.flush().await.expect("flush");
+    }
+
+    #[tokio::test]
+    async fn saved_overlay_reopens_and_patches_only_written_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ov = dir.path().join("ov");
+        let size = 20 * BLOCK;
+        let base = zero_base(size);
+        let header = OverlayHeader {
+            vm: "v".into(),
+            disk: "d".into(),
+            snapshot: "s".into(),
+            size,
+        };
+        {
+            let o = Overlay::open_dir(&ov, Some(&header)).expect("create");
+            o.write(&base, 5 * BLOCK + 10, &[7u8; 20])
+                .await
+                .expect("write");
+            o.write(&base, 9 * BLOCK, &[8u8; 4096])
+                .await
+                .expect("write");
+            o.flush().await.expect("flush");
+            // Written but never flushed: not promised to survive.
+            o.write(&base, 15 * BLOCK, &[9u8; 4096])
+                .await
+                .expect("write");
+        }
+        let o = Overlay::open_dir(&ov, None).expect("reopen");
+        assert_eq!(o.header(), Some(&header));
+        assert!(o.touches(0, 6 * BLOCK) && o.touches(9 * BLOCK + 4095, 1));
+        assert!(!o.touches(0, 5 * BLOCK) && !o.touches(6 * BLOCK, 3 * BLOCK));
+        assert!(!o.touches(size, BLOCK), "past the end");
+        let mut buf = vec![1u8; (8 * BLOCK) as usize];
+        o.patch_blocking(4 * BLOCK, &mut buf).expect("patch");
+        let b = BLOCK as usize;
+        assert!(
+            buf[..b].iter().all(|x| *x == 1),
+            "unwritten block untouched"
+        );
+        assert_eq!(&buf[b + 10..b + 30], &[7u8; 20]);
+        assert!(
+            buf[b..b + 10].iter().all(|x| *x == 0),
+            "rest of a written block"
+        );
+        assert!(buf[5 * b..6 * b].iter().all(|x| *x == 8));
+        assert!(buf[6 * b..].iter().all(|x| *x == 1));
+        let other = OverlayHeader {
+            snapshot: "t".into(),
+            ..header
+        };
+        drop(o);
+        assert!(matches!(
+            Overlay::open_dir(&ov, Some(&other)),
+            Err(OverlayMapError::OtherDisk { .. })
+        ));
     }
 }
