@@ -224,18 +224,63 @@ impl Rng {
     }
 }
 
-/// Mutates bytes of `img` in its non-zero sectors (where the metadata is), `cases` times,
-/// and runs ls + a recursive get of everything over each: errors are fine, a panic that
-/// escapes or a case that takes over 20 s is not.
-async fn fuzz(img: Vec<u8>, seed: u64, cases: usize) {
+/// How one corrupt image went: listed and copied fine, a parser panic caught, an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Caught,
+    Error,
+}
+
+/// Runs ls + a recursive get of everything over a (corrupt) image: errors are fine, a
+/// panic that escapes, an internal error or a case that takes over 20 s is not.
+async fn check_corrupt(img: &[u8], label: &str) -> Vec<(Outcome, String)> {
+    let r = reader(img).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let work = async {
+        let l = list(&r, None, "/").await;
+        let g = get_bounded(&r, None, "/", &tmp.path().join("out"), 64 << 20).await;
+        (l, g)
+    };
+    let (l, g) = tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .unwrap_or_else(|_| panic!("{label} hung"));
+    [l.map(|_| ()), g.map(|_| ())]
+        .into_iter()
+        .map(|res| match res {
+            Ok(()) => (Outcome::Ok, String::new()),
+            Err(e @ FilesError::Crashed { .. }) => (Outcome::Caught, e.to_string()),
+            Err(FilesError::Internal(e)) => panic!("{label}: {e}"),
+            Err(e) => (Outcome::Error, e.to_string()),
+        })
+        .collect()
+}
+
+/// The kept corpus: corrupt images (zstd) that once made a parser panic.
+fn corpus_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus")
+}
+
+/// Mutates bytes of `img` in its non-zero sectors (where the metadata is), `cases` times
+/// (times `BORA_FUZZ_SCALE` if set), checking each with [`check_corrupt`]. With
+/// `BORA_FUZZ_SAVE=DIR`, cases whose parser panicked (caught), and the first `keep` that
+/// gave an error not seen before (digits ignored), are saved there, zstd compressed, for
+/// the corpus.
+async fn fuzz(fs: &str, img: Vec<u8>, seed: u64, cases: usize, keep: usize) {
     quiet_guarded_panics();
+    let scale: usize = std::env::var("BORA_FUZZ_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let save = std::env::var_os("BORA_FUZZ_SAVE").map(std::path::PathBuf::from);
     let sectors: Vec<usize> = (0..img.len() / 512)
         .filter(|s| img[s * 512..(s + 1) * 512].iter().any(|b| *b != 0))
         .collect();
     let head = sectors.iter().take_while(|s| **s < 64).count();
     let mut rng = Rng(seed);
     let mut outcomes = [0usize; 3];
-    for case in 0..cases {
+    let mut seen = std::collections::HashSet::new();
+    for case in 0..cases * scale {
         let mut m = img.clone();
         for _ in 0..1 + rng.below(16) {
             // Mostly the first 32 KiB (boot sector, superblock, FATs, group descriptors,
@@ -253,38 +298,57 @@ async fn fuzz(img: Vec<u8>, seed: u64, cases: usize) {
                 _ => rng.next() as u8,
             };
         }
-        let r = reader(&m).await;
-        let tmp = tempfile::tempdir().unwrap();
-        let work = async {
-            let l = list(&r, None, "/").await;
-            let g = get_bounded(&r, None, "/", &tmp.path().join("out"), 64 << 20).await;
-            (l, g)
-        };
-        let (l, g) = tokio::time::timeout(Duration::from_secs(20), work)
-            .await
-            .unwrap_or_else(|_| panic!("case {case} (seed {seed}) hung"));
-        for res in [l.map(|_| ()), g.map(|_| ())] {
-            match res {
-                Ok(()) => outcomes[0] += 1,
-                Err(FilesError::Crashed { .. }) => outcomes[1] += 1,
-                Err(FilesError::Internal(e)) => panic!("case {case} (seed {seed}): {e}"),
-                Err(_) => outcomes[2] += 1,
-            }
+        let label = format!("{fs} case {case} (seed {seed:#x})");
+        let got = check_corrupt(&m, &label).await;
+        let mut new = false;
+        for (o, msg) in &got {
+            outcomes[*o as usize] += 1;
+            let shape: String = msg.chars().filter(|c| !c.is_ascii_digit()).collect();
+            new |= *o == Outcome::Caught
+                || (*o == Outcome::Error && seen.len() < keep && seen.insert(shape));
+        }
+        if let Some(dir) = &save
+            && new
+        {
+            std::fs::create_dir_all(dir).unwrap();
+            let z = zstd::encode_all(&m[..], 19).unwrap();
+            std::fs::write(dir.join(format!("{fs}-{seed:x}-{case}.img.zst")), z).unwrap();
         }
     }
-    eprintln!("ok / caught panics / errors: {outcomes:?}");
+    eprintln!("{fs}: ok / caught panics / errors: {outcomes:?}");
+}
+
+/// Every image of the kept corpus still gives errors, never a crash or a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_fuzz_corpus_replays_without_crashing() {
+    quiet_guarded_panics();
+    let mut n = 0;
+    for e in std::fs::read_dir(corpus_dir()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "zst") {
+            continue;
+        }
+        let img = zstd::decode_all(std::fs::File::open(&path).unwrap()).unwrap();
+        check_corrupt(&img, &path.display().to_string()).await;
+        n += 1;
+    }
+    assert!(
+        n >= 10,
+        "the corpus in {} has {n} images",
+        corpus_dir().display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_corrupt_ext4_never_panics_or_hangs() {
     let tmp = tempfile::tempdir().unwrap();
-    fuzz(ext4_image(tmp.path()), 0x5eed_e474, 600).await;
+    fuzz("ext4", ext4_image(tmp.path()), 0x5eed_e474, 600, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_corrupt_fat_never_panics_or_hangs() {
     let tmp = tempfile::tempdir().unwrap();
-    fuzz(fat_image(tmp.path()), 0x05ee_dfa7, 600).await;
+    fuzz("fat", fat_image(tmp.path()), 0x05ee_dfa7, 600, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +372,7 @@ async fn files_ntfs_image_reads_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_corrupt_ntfs_never_panics_or_hangs() {
     let tmp = tempfile::tempdir().unwrap();
-    fuzz(ntfs_image(tmp.path()), 0x0bad_0f75, 400).await;
+    fuzz("ntfs", ntfs_image(tmp.path()), 0x0bad_0f75, 400, 4).await;
 }
 
 #[test]
