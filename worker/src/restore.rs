@@ -25,6 +25,8 @@ use target::DiskWriter;
 const ZERO_BLOCK: usize = 4096;
 /// Chunks fetched from the store at once.
 const FETCH_AHEAD: usize = 6;
+/// Chunks being written to the target at once.
+const WRITE_AHEAD: usize = 4;
 
 /// Why a restore failed. A partial output file is removed before this is returned.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +98,7 @@ pub async fn restore_disk(
         let fresh = target.is_fresh();
         let mut stats = RestoreStats::default();
         let chunks = (0..index.len()).map(|i| (i, index.chunk_extent(i), index.get(i)));
-        let mut fetched = futures::stream::iter(chunks)
+        let fetched = futures::stream::iter(chunks)
             .map(|(i, (offset, len), digest)| {
                 let store = store.clone();
                 let patch = patch.clone().filter(|p| p.touches(offset, u64::from(len)));
@@ -138,38 +140,19 @@ pub async fn restore_disk(
                 }
             })
             .buffered(FETCH_AHEAD);
-        while let Some((offset, len, data)) = fetched.try_next().await? {
+        // Several chunks are written at once: an NBD target answers each request after a
+        // round trip, and a file target's pwrites run on the blocking pool.
+        let target_ref: &dyn DiskWriter = &*target;
+        let mut written = fetched
+            .map_ok(|(offset, len, data)| write_chunk(target_ref, fresh, offset, len, data))
+            .try_buffer_unordered(WRITE_AHEAD);
+        while let Some((len, chunk)) = written.try_next().await? {
             progress.add(u64::from(len));
-            match data {
-                None => {
-                    stats.chunks_zero += 1;
-                    if !fresh {
-                        target.write_zeroes(offset, len).await?;
-                    }
-                }
-                Some(data) => {
+            match chunk {
+                None => stats.chunks_zero += 1,
+                Some(bytes) => {
                     stats.chunks_fetched += 1;
-                    let runs = nonzero_runs(&data);
-                    if !fresh {
-                        let mut pos = 0;
-                        for &(s, e) in &runs {
-                            if s > pos {
-                                target
-                                    .write_zeroes(offset + pos as u64, (s - pos) as u32)
-                                    .await?;
-                            }
-                            pos = e;
-                        }
-                        if pos < data.len() {
-                            target
-                                .write_zeroes(offset + pos as u64, (data.len() - pos) as u32)
-                                .await?;
-                        }
-                    }
-                    for (s, e) in runs {
-                        target.write_at(offset + s as u64, data.slice(s..e)).await?;
-                        stats.bytes_written += (e - s) as u64;
-                    }
+                    stats.bytes_written += bytes;
                 }
             }
         }
@@ -188,6 +171,47 @@ pub async fn restore_disk(
             Err(e)
         }
     }
+}
+
+/// Writes one chunk (`None`: all zeros) at `offset`: only its non-zero 4 KiB blocks on a
+/// fresh target, zeros explicitly elsewhere. Returns the chunk's length and, for a chunk
+/// with data, the bytes written.
+async fn write_chunk(
+    target: &dyn DiskWriter,
+    fresh: bool,
+    offset: u64,
+    len: u32,
+    data: Option<bytes::Bytes>,
+) -> Result<(u32, Option<u64>), RestoreError> {
+    let Some(data) = data else {
+        if !fresh {
+            target.write_zeroes(offset, len).await?;
+        }
+        return Ok((len, None));
+    };
+    let runs = nonzero_runs(&data);
+    if !fresh {
+        let mut pos = 0;
+        for &(s, e) in &runs {
+            if s > pos {
+                target
+                    .write_zeroes(offset + pos as u64, (s - pos) as u32)
+                    .await?;
+            }
+            pos = e;
+        }
+        if pos < data.len() {
+            target
+                .write_zeroes(offset + pos as u64, (data.len() - pos) as u32)
+                .await?;
+        }
+    }
+    let mut bytes = 0;
+    for (s, e) in runs {
+        target.write_at(offset + s as u64, data.slice(s..e)).await?;
+        bytes += (e - s) as u64;
+    }
+    Ok((len, Some(bytes)))
 }
 
 /// Lays `patch` over the chunk at disk offset `offset`.
