@@ -1073,3 +1073,53 @@ fn raw_format_disk_is_backed_up() {
         assert_eq!(left, json!([]));
     }
 }
+
+/// Restore into another host: a running qemu-storage-daemon's writable export over a qcow2
+/// disk full of other data. The export ends up equal to the snapshot (old data zeroed where
+/// the snapshot has holes), for the latest and for an older snapshot.
+#[test]
+fn restore_into_a_qemu_storage_daemon_export_on_another_host() {
+    let env = Env::new();
+    let src = env.path("src.raw");
+    raw_image(
+        &src,
+        48 * MIB,
+        &[
+            (0, noise(3 * MIB as usize, 1)),
+            (30 * MIB, noise(MIB as usize, 2)),
+        ],
+    );
+    let first = env.json(&["backup", "--image", p(&src), "--vm", "vm9", "--disk", "d"]);
+    let first_copy = env.path("first.raw");
+    std::fs::copy(&src, &first_copy).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(&noise(2 * MIB as usize, 3), 40 * MIB)
+        .unwrap();
+    f.write_all_at(&[0u8; 4096], 0).unwrap();
+    drop(f);
+    env.json(&["backup", "--image", p(&src), "--vm", "vm9", "--disk", "d"]);
+
+    let disk = env.path("other-host.qcow2");
+    qcow2_with(&disk, "48M", &["write -P 0x77 0 48M".to_string()]);
+    let q = Qsd::one_disk(&env.path("host2.qmp"), &env.path("host2.nbd"), &disk);
+    let url = q.url("live");
+    env.ok(&[
+        "restore", "latest", "--vm", "vm9", "--disk", "d", "--to", &url,
+    ]);
+    let now = env.path("now.raw");
+    copy_export(&url, &now);
+    assert!(
+        images_identical(&src, &now),
+        "latest restored into qsd differs"
+    );
+
+    let older = first["snapshot"].as_str().unwrap();
+    env.ok(&["restore", older, "--vm", "vm9", "--disk", "d", "--to", &url]);
+    let then = env.path("then.raw");
+    copy_export(&url, &then);
+    assert!(
+        images_identical(&first_copy, &then),
+        "older snapshot restored into qsd differs"
+    );
+    assert!(!images_identical(&now, &then));
+}
