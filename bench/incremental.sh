@@ -12,7 +12,8 @@
 #   distinct random 64 KiB-aligned offsets, random incompressible data, seeded).
 # Env: BENCH_DIR (scratch dir, default a temp dir under /var/tmp; removed on exit),
 # RUNS (default 3: rounds of write + bora incremental + restic backup, each on top of the
-# previous snapshot; the best time of each tool is reported), SEED (default 1).
+# previous snapshot; the best time of each tool is reported), SEED (default 1),
+# CHUNK_SIZE (bytes; default: the repository default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-2048}
@@ -108,6 +109,7 @@ wait_socket "$W/vm1.qmp"
 wait_socket "$W/nbd.sock"
 
 # 3. bora: register the host, full backup (timed on its own, not part of the goal)
+BORA init ${CHUNK_SIZE:+--chunk-size "$CHUNK_SIZE"} > /dev/null
 BORA host add h1 --qmp "unix:$W/vm1.qmp" --nbd "unix:$W/nbd.sock" > /dev/null
 echo "bora full backup..." >&2
 timed BORA backup --vm vm1 --json

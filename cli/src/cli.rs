@@ -100,7 +100,7 @@ pub enum VmCommand {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// Chunk size in bytes (a power of two, 64 KiB to 16 MiB; default 1 MiB).
+    /// Chunk size in bytes (a power of two, 64 KiB to 16 MiB; default 256 KiB).
     #[arg(long, value_name = "BYTES")]
     pub chunk_size: Option<u32>,
 }

@@ -24,7 +24,7 @@ use bora_storage_node::LocalChunkStore;
 
 pub const REPO_FORMAT_VERSION: u32 = 1;
 /// Default chunk size: chosen by benchmark, see docs/chunk-size.md.
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

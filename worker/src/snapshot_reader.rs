@@ -28,8 +28,13 @@ pub enum ReadError {
     },
 }
 
-/// Chunks kept in memory by default (at 1 MiB chunks: 64 MiB).
-pub const DEFAULT_CACHE_CHUNKS: usize = 64;
+/// Chunk contents kept in memory by default.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// How many chunks of `chunk_size` bytes [`DEFAULT_CACHE_BYTES`] holds (at least 8).
+pub fn default_cache_chunks(chunk_size: u32) -> usize {
+    (DEFAULT_CACHE_BYTES / u64::from(chunk_size.max(1))).max(8) as usize
+}
 
 /// A small least-recently-used cache of chunk contents.
 struct Cache {

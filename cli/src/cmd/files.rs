@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use bora_core::store::ChunkStore;
 use bora_worker::files::{self, EntryKind};
-use bora_worker::snapshot_reader::{DEFAULT_CACHE_CHUNKS, SnapshotReader};
+use bora_worker::snapshot_reader::{SnapshotReader, default_cache_chunks};
 
 use crate::cli::{FilesCommand, FilesTarget};
 use crate::output;
@@ -18,7 +18,8 @@ async fn open(repo: &Repo, t: &FilesTarget) -> Result<(Arc<SnapshotReader>, Stri
     let sd = crate::snapshot_disk::open(repo, &t.snapshot, &t.vm, &t.disk).await?;
     let store: Arc<dyn ChunkStore> = repo.store.clone();
     let what = format!("snapshot {} disk {}", sd.meta.id, t.disk);
-    let reader = SnapshotReader::new(store, Arc::new(sd.index), DEFAULT_CACHE_CHUNKS);
+    let cache = default_cache_chunks(sd.index.chunk_size());
+    let reader = SnapshotReader::new(store, Arc::new(sd.index), cache);
     Ok((Arc::new(reader), what))
 }
 

@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use bora_core::store::ChunkStore;
 use bora_worker::serve::{Export, ListenAddr, Server};
-use bora_worker::snapshot_reader::{DEFAULT_CACHE_CHUNKS, SnapshotReader};
+use bora_worker::snapshot_reader::{SnapshotReader, default_cache_chunks};
 
 use crate::cli::ServeArgs;
 use crate::repo::Repo;
@@ -25,10 +25,11 @@ pub async fn run(repo_dir: &Path, args: ServeArgs, json: bool) -> Result<()> {
     let SnapshotDisk { meta, disk, index } =
         crate::snapshot_disk::open(&repo, &args.snapshot, &args.vm, &args.disk).await?;
     let store: Arc<dyn ChunkStore> = repo.store.clone();
+    let chunk_size = index.chunk_size();
     let reader = Arc::new(SnapshotReader::new(
         store,
         Arc::new(index),
-        DEFAULT_CACHE_CHUNKS,
+        default_cache_chunks(chunk_size),
     ));
     let name = args.name.as_deref().unwrap_or(&args.disk);
     let mut export = Export::new(name, &args.vm, &args.disk, reader)?;
