@@ -23,10 +23,8 @@ use target::DiskWriter;
 
 /// Granularity at which zeros inside a chunk are left unwritten (holes stay holes).
 const ZERO_BLOCK: usize = 4096;
-/// Chunks fetched from the store at once.
-const FETCH_AHEAD: usize = 6;
-/// Chunks being written to the target at once.
-const WRITE_AHEAD: usize = 4;
+/// Bytes of chunks fetched from the store ahead of the writes (at least 6 chunks).
+const FETCH_AHEAD_BYTES: u64 = 8 << 20;
 
 /// Why a restore failed. A partial output file is removed before this is returned.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +94,8 @@ pub async fn restore_disk(
     let span = info_span!("restore_disk", target = %target.name(), size = index.disk_size());
     let result = async {
         let fresh = target.is_fresh();
+        let fetch_ahead =
+            (FETCH_AHEAD_BYTES / u64::from(index.chunk_size().max(1))).clamp(6, 64) as usize;
         let mut stats = RestoreStats::default();
         let chunks = (0..index.len()).map(|i| (i, index.chunk_extent(i), index.get(i)));
         let fetched = futures::stream::iter(chunks)
@@ -139,13 +139,12 @@ pub async fn restore_disk(
                     Ok((offset, len, Some(data)))
                 }
             })
-            .buffered(FETCH_AHEAD);
-        // Several chunks are written at once: an NBD target answers each request after a
-        // round trip, and a file target's pwrites run on the blocking pool.
+            .buffered(fetch_ahead);
+        // An NBD target takes several chunks at once (each write waits for a round trip).
         let target_ref: &dyn DiskWriter = &*target;
         let mut written = fetched
             .map_ok(|(offset, len, data)| write_chunk(target_ref, fresh, offset, len, data))
-            .try_buffer_unordered(WRITE_AHEAD);
+            .try_buffer_unordered(target.write_concurrency().max(1));
         while let Some((len, chunk)) = written.try_next().await? {
             progress.add(u64::from(len));
             match chunk {

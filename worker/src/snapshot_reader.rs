@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 
 use bora_core::Digest;
 use bora_core::index::DiskIndex;
@@ -27,6 +28,9 @@ pub enum ReadError {
         source: StoreError,
     },
 }
+
+/// Chunks of one read fetched at once.
+const READ_PARALLEL: usize = 8;
 
 /// Chunk contents kept in memory by default.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
@@ -159,18 +163,24 @@ impl SnapshotReader {
         };
         let cs = u64::from(self.index.chunk_size());
         let mut out = BytesMut::zeroed(len);
-        let mut pos = offset;
-        while pos < end {
-            let i = (pos / cs) as usize;
-            let chunk_start = i as u64 * cs;
+        if len == 0 {
+            return Ok(out.freeze());
+        }
+        // The chunks of one read are fetched (and decoded, on the blocking pool) together.
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        let mut chunks = futures::stream::iter(first..=last)
+            .map(|i| async move { (i, self.chunk(i as usize).await) })
+            .buffered(READ_PARALLEL);
+        while let Some((i, data)) = chunks.next().await {
+            let Some(data) = data? else { continue };
+            let chunk_start = i * cs;
+            let pos = offset.max(chunk_start);
             let part_end = end.min(chunk_start + cs);
-            if let Some(data) = self.chunk(i).await? {
-                let from = (pos - chunk_start) as usize;
-                let to = (part_end - chunk_start) as usize;
-                let at = (pos - offset) as usize;
-                out[at..at + (to - from)].copy_from_slice(&data[from..to]);
-            }
-            pos = part_end;
+            let from = (pos - chunk_start) as usize;
+            let to = (part_end - chunk_start) as usize;
+            let at = (pos - offset) as usize;
+            out[at..at + (to - from)].copy_from_slice(&data[from..to]);
         }
         Ok(out.freeze())
     }

@@ -212,6 +212,10 @@ impl DiskWriter for Qcow2Writer {
         true
     }
 
+    fn write_concurrency(&self) -> usize {
+        self.inner.write_concurrency()
+    }
+
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), RestoreError> {
         self.inner.write_at(offset, data).await
     }

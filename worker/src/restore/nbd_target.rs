@@ -68,6 +68,10 @@ impl DiskWriter for NbdWriter {
         self.fresh
     }
 
+    fn write_concurrency(&self) -> usize {
+        4
+    }
+
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), RestoreError> {
         self.client
             .write(offset, &data)

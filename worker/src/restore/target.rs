@@ -57,6 +57,12 @@ pub trait DiskWriter: Send + Sync {
     /// True when the target reads as zeros before we write (a new file): zeros are then
     /// left as holes instead of written.
     fn is_fresh(&self) -> bool;
+    /// Chunks worth writing at once: one for a local file or device (concurrent pwrites
+    /// only contend for its inode lock), several for an NBD export (each write waits for a
+    /// round trip).
+    fn write_concurrency(&self) -> usize {
+        1
+    }
     async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), RestoreError>;
     async fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), RestoreError>;
     /// Makes everything durable and puts the result in place.
