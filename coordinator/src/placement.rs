@@ -191,6 +191,23 @@ impl Membership {
             .any(|&i| self.nodes[i].id == *node)
     }
 
+    /// Every member in `digest`'s preference order: [`Self::owners`] are its first
+    /// [`Self::copies`] entries, and the rest say where the chunk goes next when owners
+    /// are down (hinted handoff) or removed.
+    pub fn ranking(&self, digest: &Digest) -> Vec<NodeId> {
+        let mut scored: Vec<(u64, usize)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.score(digest), i))
+            .collect();
+        scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored
+            .into_iter()
+            .map(|(_, i)| self.nodes[i].id.clone())
+            .collect()
+    }
+
     /// Positions in `nodes` of the owners, best first.
     fn ranked(&self, digest: &Digest) -> Vec<usize> {
         let mut scored: Vec<(u64, usize)> = self

@@ -3,28 +3,39 @@
 
 use std::sync::Arc;
 
-use bora_core::chunk::{ChunkHeader, EncodedChunk};
+use bora_core::chunk::{ChunkHeader, EncodedChunk, MAX_CHUNK_LEN};
 use bora_core::digest::{DIGEST_LEN, Digest};
-use bora_core::store::{ChunkStore, StoreError};
+use bora_core::store::StoreError;
 use bora_proto::storage::storage_server::{Storage, StorageServer};
 use bora_proto::storage::{
-    ChunkRecord, MissingRequest, MissingResponse, PutRequest, PutResponse, ReadRequest,
-    ReadResponse,
+    ChunkRecord, ListDigestsRequest, ListDigestsResponse, MissingRequest, MissingResponse,
+    PutRequest, PutResponse, ReadRequest, ReadResponse, StatsRequest, StatsResponse,
 };
+use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
-/// Largest gRPC message the service accepts or sends. A `Put` carries whole chunk records
-/// (up to 64 MiB each), so clients must batch puts under this.
-pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
+use crate::node_store::NodeStore;
 
-/// Serves a chunk store over gRPC.
+/// Largest gRPC message the service and [`client::GrpcChunkStore`] accept or send, both
+/// ways: 64 MiB plus 1 MiB of room, so that one chunk of the largest size the chunk
+/// encoding allows ([`MAX_CHUNK_LEN`], stored raw, plus its header) always fits in a
+/// message. Clients batch puts well under it ([`client::PUT_BATCH_BYTES`]).
+pub const MAX_MESSAGE_BYTES: usize = MAX_CHUNK_LEN + (1 << 20);
+
+/// Digests per `ListDigests` page when the request does not say.
+pub const DEFAULT_LIST_LIMIT: u32 = 4096;
+/// Most digests per `ListDigests` page (about 2.2 MB on the wire).
+pub const MAX_LIST_LIMIT: u32 = 65_536;
+
+/// Serves a storage node's chunk store over gRPC.
 #[derive(Clone)]
 pub struct StorageService {
-    store: Arc<dyn ChunkStore>,
+    store: Arc<dyn NodeStore>,
 }
 
 impl StorageService {
-    pub fn new(store: Arc<dyn ChunkStore>) -> StorageService {
+    /// A service over `store` (in production a [`crate::LocalChunkStore`]).
+    pub fn new(store: Arc<dyn NodeStore>) -> StorageService {
         StorageService { store }
     }
 
@@ -57,6 +68,19 @@ fn digest_from_wire(bytes: &[u8]) -> Result<Digest, Status> {
             bytes.len()
         ))
     })
+}
+
+/// A digest on the wire.
+pub(crate) fn digest_to_wire(d: &Digest) -> Bytes {
+    Bytes::copy_from_slice(d.as_bytes())
+}
+
+/// A chunk record on the wire.
+pub(crate) fn chunk_to_wire(c: EncodedChunk) -> ChunkRecord {
+    ChunkRecord {
+        digest: digest_to_wire(&c.digest),
+        record: Bytes::from(c.record),
+    }
 }
 
 /// A wire chunk record: the plaintext length and codec come from the record's header; the
@@ -110,6 +134,50 @@ impl Storage for StorageService {
         let digest = digest_from_wire(&request.into_inner().digest)?;
         let data = self.store.read(&digest).await.map_err(to_status)?;
         Ok(Response::new(ReadResponse { data }))
+    }
+
+    async fn list_digests(
+        &self,
+        request: Request<ListDigestsRequest>,
+    ) -> Result<Response<ListDigestsResponse>, Status> {
+        let r = request.into_inner();
+        let after = match r.after.is_empty() {
+            true => None,
+            false => Some(digest_from_wire(&r.after)?),
+        };
+        let limit = match r.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        let page = self
+            .store
+            .list_digests(after, limit as usize)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ListDigestsResponse {
+            digests: page.digests.iter().map(digest_to_wire).collect(),
+            done: page.done,
+        }))
+    }
+
+    async fn read_record(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<ChunkRecord>, Status> {
+        let digest = digest_from_wire(&request.into_inner().digest)?;
+        let chunk = self.store.read_record(&digest).await.map_err(to_status)?;
+        Ok(Response::new(chunk_to_wire(chunk)))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let stats = self.store.node_stats().await.map_err(to_status)?;
+        Ok(Response::new(StatsResponse {
+            chunks: stats.chunks,
+            bytes_stored: stats.bytes_stored,
+        }))
     }
 }
 

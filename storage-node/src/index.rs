@@ -33,6 +33,10 @@ pub trait ChunkIndex: Send + Sync {
 
     /// What the index holds.
     fn stats(&self) -> Result<IndexStats, IndexError>;
+
+    /// Up to `limit` indexed digests in ascending byte order, all greater than `after`
+    /// (from the first digest when `None`).
+    fn list_after(&self, after: Option<&Digest>, limit: usize) -> Result<Vec<Digest>, IndexError>;
 }
 
 /// Why an index operation failed.
@@ -56,6 +60,8 @@ pub enum IndexError {
         #[source]
         source: LocationDecodeError,
     },
+    #[error("chunk index key of {len} bytes is not a digest")]
+    BadKey { len: usize },
     #[error("chunk index has no column family {0:?}")]
     MissingColumnFamily(&'static str),
 }

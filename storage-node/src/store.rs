@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bora_core::chunk::{EncodedChunk, decode};
+use bora_core::chunk::{ChunkError, ChunkHeader, EncodedChunk, decode};
 use bora_core::digest::Digest;
 use bora_core::store::{ChunkStore, PutOutcome, StoreError};
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use crate::backend::{ObjectStoreBackend, PackBackend};
 use crate::error::StorageError;
 use crate::index::{ChunkIndex, ChunkLocation, IndexStats, RocksIndex};
+use crate::node_store::{DigestPage, NodeStats, NodeStore};
 
 mod put;
 
@@ -129,8 +130,8 @@ impl LocalChunkStore {
         Ok(found.iter().map(Option::is_none).collect())
     }
 
-    /// Reads one chunk, verifies it against its digest and returns the plaintext.
-    pub async fn read_chunk(&self, digest: &Digest) -> Result<Bytes, StorageError> {
+    /// The record of one chunk, as its pack holds it (not verified yet).
+    async fn fetch_record(&self, digest: &Digest) -> Result<(ChunkLocation, Bytes), StorageError> {
         let digest = *digest;
         let location = self
             .locate(&digest)
@@ -145,6 +146,13 @@ impl LocalChunkStore {
                 location: location.describe(),
                 source,
             })?;
+        Ok((location, record))
+    }
+
+    /// Reads one chunk, verifies it against its digest and returns the plaintext.
+    pub async fn read_chunk(&self, digest: &Digest) -> Result<Bytes, StorageError> {
+        let digest = *digest;
+        let (location, record) = self.fetch_record(&digest).await?;
         let data = blocking(move || decode(&digest, &record)).await?;
         let data = data.map_err(|source| StorageError::Corrupt {
             digest,
@@ -152,6 +160,46 @@ impl LocalChunkStore {
             source: Box::new(source),
         })?;
         Ok(Bytes::from(data))
+    }
+
+    /// Reads one chunk in its stored form (header + payload) after verifying it against its
+    /// digest: what repair copies to another node, without recompressing it.
+    pub async fn read_record(&self, digest: &Digest) -> Result<EncodedChunk, StorageError> {
+        let digest = *digest;
+        let (location, record) = self.fetch_record(&digest).await?;
+        let chunk = blocking(move || {
+            decode(&digest, &record)?;
+            let header = ChunkHeader::parse(&record)?;
+            let raw_len =
+                u32::try_from(header.raw_len).map_err(|_| ChunkError::TooLarge(header.raw_len))?;
+            Ok(EncodedChunk {
+                digest,
+                raw_len,
+                codec: header.codec,
+                record: Vec::from(record),
+            })
+        })
+        .await?;
+        chunk.map_err(|source: ChunkError| StorageError::Corrupt {
+            digest,
+            location: location.describe(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Up to `limit` stored digests in ascending byte order, all greater than `after`.
+    pub async fn list_digests(
+        &self,
+        after: Option<Digest>,
+        limit: usize,
+    ) -> Result<DigestPage, StorageError> {
+        let index = Arc::clone(&self.index);
+        // One more than asked says whether the page is the last.
+        let mut digests =
+            blocking(move || index.list_after(after.as_ref(), limit.saturating_add(1))).await??;
+        let done = digests.len() <= limit;
+        digests.truncate(limit);
+        Ok(DigestPage { digests, done })
     }
 }
 
@@ -167,6 +215,29 @@ impl ChunkStore for LocalChunkStore {
 
     async fn read(&self, digest: &Digest) -> Result<Bytes, StoreError> {
         Ok(self.read_chunk(digest).await?)
+    }
+}
+
+#[async_trait]
+impl NodeStore for LocalChunkStore {
+    async fn list_digests(
+        &self,
+        after: Option<Digest>,
+        limit: usize,
+    ) -> Result<DigestPage, StoreError> {
+        Ok(LocalChunkStore::list_digests(self, after, limit).await?)
+    }
+
+    async fn read_record(&self, digest: &Digest) -> Result<EncodedChunk, StoreError> {
+        Ok(LocalChunkStore::read_record(self, digest).await?)
+    }
+
+    async fn node_stats(&self) -> Result<NodeStats, StoreError> {
+        let stats = self.stats().await?;
+        Ok(NodeStats {
+            chunks: stats.chunks,
+            bytes_stored: stats.record_bytes,
+        })
     }
 }
 

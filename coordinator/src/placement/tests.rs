@@ -162,6 +162,32 @@ proptest! {
 }
 
 proptest! {
+    /// The ranking orders every member once; owners are its head; removing a node leaves
+    /// the others' order unchanged (what hinted handoff relies on).
+    #[test]
+    fn owners_are_the_head_of_the_ranking(
+        nodes in node_names(),
+        pick in any::<usize>(),
+        replicas in 1usize..=4,
+        seed in any::<u64>(),
+    ) {
+        let m = Membership::with_nodes(n(replicas), nodes.clone());
+        let x = nodes[pick % nodes.len()].clone();
+        let mut without = m.clone();
+        without.remove(&x);
+        for d in digests(seed, 50) {
+            let ranking = m.ranking(&d);
+            let mut sorted = ranking.clone();
+            sorted.sort();
+            prop_assert_eq!(&sorted, &nodes);
+            prop_assert_eq!(&ranking[..m.copies()], &m.owners(&d)[..]);
+            let rest: Vec<_> = ranking.iter().filter(|o| **o != x).cloned().collect();
+            prop_assert_eq!(without.ranking(&d), rest);
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Over 10,000 digests each of 3–5 nodes is first owner of, and holds a copy of, its

@@ -144,3 +144,58 @@ fn errors_map_to_codes() {
         assert_eq!(status.message(), msg);
     }
 }
+
+#[tokio::test]
+async fn list_record_and_stats_in_process() {
+    let (svc, _dir) = service();
+    let c = encode(&b"listed ".repeat(300), 1).expect("encode");
+    svc.put(Request::new(PutRequest {
+        chunks: vec![wire(&c)],
+    }))
+    .await
+    .expect("put");
+
+    let list =
+        |after: Bytes, limit| svc.list_digests(Request::new(ListDigestsRequest { after, limit }));
+    let page = list(Bytes::new(), 0).await.expect("list").into_inner();
+    assert_eq!(
+        page.digests,
+        vec![Bytes::copy_from_slice(c.digest.as_bytes())]
+    );
+    assert!(page.done);
+    let page = list(Bytes::copy_from_slice(c.digest.as_bytes()), 5)
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(page.digests.is_empty() && page.done);
+    let e = list(Bytes::from_static(&[7; 5]), 5)
+        .await
+        .expect_err("short after");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let record = svc
+        .read_record(Request::new(ReadRequest {
+            digest: Bytes::copy_from_slice(c.digest.as_bytes()),
+        }))
+        .await
+        .expect("read record")
+        .into_inner();
+    assert_eq!(record.record, c.record);
+    let e = svc
+        .read_record(Request::new(ReadRequest {
+            digest: Bytes::copy_from_slice(Digest::of(b"absent").as_bytes()),
+        }))
+        .await
+        .expect_err("absent");
+    assert_eq!(e.code(), Code::NotFound);
+
+    let stats = svc
+        .stats(Request::new(StatsRequest {}))
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(
+        (stats.chunks, stats.bytes_stored),
+        (1, c.record.len() as u64)
+    );
+}

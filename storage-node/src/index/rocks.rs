@@ -219,6 +219,27 @@ impl ChunkIndex for RocksIndex {
             record_bytes: self.counter(KEY_BYTES)?,
         })
     }
+
+    fn list_after(&self, after: Option<&Digest>, limit: usize) -> Result<Vec<Digest>, IndexError> {
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_CHUNKS)?);
+        match after {
+            Some(d) => {
+                it.seek(d.as_bytes());
+                if it.key() == Some(d.as_bytes().as_slice()) {
+                    it.next();
+                }
+            }
+            None => it.seek_to_first(),
+        }
+        while out.len() < limit {
+            let Some(key) = it.key() else { break };
+            out.push(Digest::from_slice(key).ok_or(IndexError::BadKey { len: key.len() })?);
+            it.next();
+        }
+        it.status().map_err(rocks("iterate"))?;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

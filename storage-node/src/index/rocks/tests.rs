@@ -90,3 +90,39 @@ fn refuses_newer_format_and_unknown_entries() {
         other => panic!("expected NewerFormat, got {other:?}"),
     }
 }
+
+#[test]
+fn list_after_pages_through_digests_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = RocksIndex::open(dir.path()).expect("open");
+    assert!(index.list_after(None, 10).expect("list").is_empty());
+    let entries: Vec<_> = (0..50u8).map(|n| (d(n), loc(1, u64::from(n)))).collect();
+    index.insert_batch(&entries).expect("insert");
+    let mut all: Vec<Digest> = entries.iter().map(|(d, _)| *d).collect();
+    all.sort();
+
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = index.list_after(after.as_ref(), 7).expect("list");
+        assert!(page.len() <= 7);
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        listed.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(listed, all);
+    // `after` need not be indexed itself; it is exclusive when it is.
+    assert_eq!(index.list_after(Some(&all[3]), 2).expect("list"), all[4..6]);
+    let absent = Digest::of(b"not indexed");
+    let next: Vec<Digest> = all
+        .iter()
+        .copied()
+        .filter(|d| *d > absent)
+        .take(3)
+        .collect();
+    assert_eq!(index.list_after(Some(&absent), 3).expect("list"), next);
+    assert!(index.list_after(all.last(), 5).expect("list").is_empty());
+    assert!(index.list_after(None, 0).expect("list").is_empty());
+}

@@ -1,0 +1,44 @@
+//! [`NodeStore`]: what a storage node serves beyond the [`ChunkStore`] contract — its
+//! digests in order, chunks in their stored form, and counts. Repair and replication use
+//! these; workers never need them, so they stay out of `bora_core`.
+
+use async_trait::async_trait;
+use bora_core::chunk::EncodedChunk;
+use bora_core::digest::Digest;
+use bora_core::store::{ChunkStore, StoreError};
+
+/// One page of a node's digests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DigestPage {
+    /// Ascending, all greater than the `after` asked for.
+    pub digests: Vec<Digest>,
+    /// No digest followed the last one, when the page was read.
+    pub done: bool,
+}
+
+/// Exact counts of what a node holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Chunks indexed.
+    pub chunks: u64,
+    /// Record bytes (chunk header + payload) of those chunks.
+    pub bytes_stored: u64,
+}
+
+/// A storage node's chunk store, as the gRPC service serves it.
+#[async_trait]
+pub trait NodeStore: ChunkStore {
+    /// Up to `limit` stored digests in ascending byte order, all greater than `after` (from
+    /// the first when `None`).
+    async fn list_digests(
+        &self,
+        after: Option<Digest>,
+        limit: usize,
+    ) -> Result<DigestPage, StoreError>;
+
+    /// One chunk as stored (header + payload), verified against its digest first.
+    async fn read_record(&self, digest: &Digest) -> Result<EncodedChunk, StoreError>;
+
+    /// What the store holds.
+    async fn node_stats(&self) -> Result<NodeStats, StoreError>;
+}

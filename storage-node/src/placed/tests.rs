@@ -1,0 +1,216 @@
+//! `PlacedChunkStore` over real storage nodes on loopback gRPC.
+
+use std::collections::BTreeSet;
+
+use bora_core::store::{ChunkStore, StoreError};
+
+use super::*;
+use crate::testing::{TestNode, chunks, digests, encoded, holders, placed, start_nodes};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn put_then_read_with_each_chunk_on_exactly_its_owners() {
+    let nodes = start_nodes(3).await;
+    let store = placed(&nodes, 2);
+    let data = chunks("placed", 200);
+    let ds = digests(&data);
+
+    assert!(
+        store
+            .missing(&ds)
+            .await
+            .expect("missing")
+            .iter()
+            .all(|m| *m)
+    );
+    let out = store.put(encoded(&data)).await.expect("put");
+    let record_bytes: u64 = data.iter().map(|(_, c)| c.record.len() as u64).sum();
+    assert_eq!((out.chunks_new, out.chunks_existing), (200, 0));
+    assert_eq!(out.bytes_written, 2 * record_bytes, "both copies written");
+    assert!(store.bytes_sent() > 2 * record_bytes);
+    assert!(
+        store
+            .missing(&ds)
+            .await
+            .expect("missing")
+            .iter()
+            .all(|m| !*m)
+    );
+
+    let again = store.put(encoded(&data[..10])).await.expect("put again");
+    assert_eq!(
+        (again.chunks_new, again.chunks_existing, again.bytes_written),
+        (0, 10, 0)
+    );
+
+    for (plain, chunk) in &data {
+        assert_eq!(
+            &store.read(&chunk.digest).await.expect("read")[..],
+            &plain[..]
+        );
+    }
+    let running: Vec<&TestNode> = nodes.iter().collect();
+    let held = holders(&running, &ds).await;
+    for (d, h) in ds.iter().zip(&held) {
+        let owners: BTreeSet<NodeId> = store.membership().owners(d).into_iter().collect();
+        assert_eq!(h, &owners, "chunk {d}");
+    }
+    let mut total = 0;
+    for n in &nodes {
+        total += n.client().await.stats().await.expect("stats").chunks;
+    }
+    assert_eq!(total, 400);
+    assert_eq!(store.live_nodes().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_replica_is_skipped_on_read() {
+    let mut nodes = start_nodes(2).await;
+    nodes.push(TestNode::start_lying("sn-3").await);
+    let store = placed(&nodes, 2);
+    let data = chunks("corrupt", 100);
+    store.put(encoded(&data)).await.expect("put");
+
+    let liar = NodeId::from("sn-3");
+    let mut liar_first = 0;
+    for (plain, chunk) in &data {
+        let ranking = store.membership().ranking(&chunk.digest);
+        liar_first += usize::from(ranking[0] == liar);
+        assert_eq!(
+            &store.read(&chunk.digest).await.expect("read")[..],
+            &plain[..]
+        );
+    }
+    assert!(
+        liar_first > 10,
+        "{liar_first} chunks read from the liar first"
+    );
+    assert!(
+        store.is_live(&liar),
+        "a corrupt copy does not make the node down"
+    );
+
+    // The liar's client sees the corruption itself.
+    let d = data[0].1.digest;
+    let liar_client = nodes[2].client().await;
+    assert!(matches!(
+        liar_client.read(&d).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        liar_client.read_record(&d).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_mid_backup_is_skipped_and_chunks_go_to_the_next_nodes() {
+    let mut nodes = start_nodes(3).await;
+    let store = placed(&nodes, 2);
+    let before = chunks("before", 100);
+    store.put(encoded(&before)).await.expect("put");
+
+    nodes[1].stop().await;
+    let down = nodes[1].id.clone();
+    let during = chunks("during", 100);
+    let out = store
+        .put(encoded(&during))
+        .await
+        .expect("put with a node down");
+    assert_eq!(out.chunks_new, 100);
+    assert!(!store.is_live(&down));
+    assert_eq!(store.live_nodes().len(), 2);
+
+    // Everything reads, including chunks whose first owner is the stopped node.
+    for (plain, chunk) in before.iter().chain(&during) {
+        assert_eq!(
+            &store.read(&chunk.digest).await.expect("read")[..],
+            &plain[..]
+        );
+    }
+    let ds = digests(&during);
+    assert!(
+        store
+            .missing(&ds)
+            .await
+            .expect("missing")
+            .iter()
+            .all(|m| !*m)
+    );
+    // Chunks written meanwhile are on both live nodes.
+    let live = [&nodes[0], &nodes[2]];
+    for h in holders(&live, &ds).await {
+        assert_eq!(h.len(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fewer_live_nodes_than_copies_is_under_replicated_then_an_error() {
+    let mut nodes = start_nodes(2).await;
+    let store = placed(&nodes, 2);
+    nodes[0].stop().await;
+    let data = chunks("alone", 20);
+    let out = store.put(encoded(&data)).await.expect("put on one node");
+    assert_eq!(out.chunks_new, 20);
+    for (plain, chunk) in &data {
+        assert_eq!(
+            &store.read(&chunk.digest).await.expect("read")[..],
+            &plain[..]
+        );
+    }
+    let held = holders(&[&nodes[1]], &digests(&data)).await;
+    assert!(held.iter().all(|h| h.len() == 1));
+
+    nodes[1].stop().await;
+    let e = store
+        .put(encoded(&chunks("nowhere", 3)))
+        .await
+        .expect_err("no node");
+    assert!(matches!(e, StoreError::Backend(_)), "{e}");
+    let e = store.read(&data[0].1.digest).await.expect_err("no node");
+    let msg = e.to_string();
+    assert!(msg.contains("sn-1") && msg.contains("sn-2"), "{msg}");
+    assert!(store.missing(&digests(&data)).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_no_node_has_is_not_found() {
+    let nodes = start_nodes(3).await;
+    let store = placed(&nodes, 2);
+    let absent = Digest::of(b"never stored");
+    assert!(matches!(store.read(&absent).await, Err(StoreError::NotFound(d)) if d == absent));
+    // A request error is not a node failure: nobody is marked down.
+    let mut bad = encode_one(b"x");
+    bad.digest = Digest::of(b"y");
+    assert!(matches!(
+        store.put(vec![bad]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.live_nodes().len(), 3);
+}
+
+fn encode_one(data: &[u8]) -> EncodedChunk {
+    bora_core::chunk::encode(data, 1).expect("encode")
+}
+
+#[test]
+fn a_member_without_an_address_is_unreachable_and_non_members_are_refused() {
+    let m = Membership::with_nodes(
+        std::num::NonZeroUsize::MIN,
+        [NodeId::from("a"), NodeId::from("b")],
+    );
+    let addrs = BTreeMap::from([(NodeId::from("a"), "127.0.0.1:1".to_string())]);
+    let store = PlacedChunkStore::new(m, addrs);
+    assert!(matches!(
+        store.node(&"b".into()),
+        Err(StoreError::Backend(_))
+    ));
+    assert!(matches!(
+        store.node(&"c".into()),
+        Err(StoreError::Invalid(_))
+    ));
+    // Outside a runtime a client cannot be made; that is an error, not a panic.
+    assert!(matches!(
+        store.node(&"a".into()),
+        Err(StoreError::Backend(_))
+    ));
+}
