@@ -10,7 +10,7 @@ use tracing::{Instrument, info, info_span};
 use bora_core::Digest;
 use bora_core::index::{DiskIndex, IndexError, chunk_count};
 use bora_core::index_store::{IndexStoreError, load_index, store_index};
-use bora_core::job::{RangeTask, RangeWorker, TaskError};
+use bora_core::job::{RangeResult, RangeTask, RangeWorker, TaskError};
 use bora_core::snapshot::{DiskSnapshot, DiskStats};
 use bora_core::store::ChunkStore;
 
@@ -141,57 +141,113 @@ pub async fn backup_disk(
                 source,
             })?;
 
-        let mut stats = DiskStats::default();
-        let mut changes: Vec<(usize, Option<Digest>)> = Vec::new();
-        for r in results {
-            stats.add(&r.stats);
-            changes.extend(r.entries);
-        }
-        let expected = chunk_count(job.size, job.chunk_size);
-        let distinct: HashSet<usize> = changes.iter().map(|(i, _)| *i).collect();
-        stats.chunks_clean = expected.saturating_sub(distinct.len() as u64);
-        // A full read reports every chunk; a gap would silently take the parent's data.
-        if !job.incremental && distinct.len() as u64 != expected {
-            return Err(BackupError::Incomplete {
+        finish_disk(
+            store,
+            Some(base),
+            DiskOutcome {
                 vm,
                 disk,
-                reported: distinct.len(),
-                expected,
-            });
-        }
-        let index = base.overlay(job.size, changes).map_err(index_err)?;
-        let index_ref =
-            store_index(store, &index)
-                .await
-                .map_err(|source| BackupError::StoreIndex {
-                    vm: vm.clone(),
-                    disk: disk.clone(),
-                    source,
-                })?;
-        info!(
-            bytes_read = stats.bytes_read,
-            bytes_uploaded = stats.bytes_uploaded,
-            chunks_new = stats.chunks_new,
-            chunks_reused = stats.chunks_reused,
-            "disk done"
-        );
-        Ok(DiskSnapshot {
-            disk,
-            size: job.size,
-            index: index_ref,
-            source: job.source,
-            stats,
-            cbt: None,
-        })
+                size: job.size,
+                chunk_size: job.chunk_size,
+                source: job.source,
+                incremental: job.incremental,
+            },
+            results,
+        )
+        .await
     }
     .instrument(span)
     .await
 }
 
+/// A disk whose ranges are all backed up: what [`finish_disk`] records of it.
+#[derive(Clone, Debug)]
+pub struct DiskOutcome {
+    pub vm: String,
+    pub disk: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    /// Where the data came from, recorded for the operator.
+    pub source: String,
+    /// The ranges reported only changed chunks (the base is the parent's index); when
+    /// false every chunk must have been reported.
+    pub incremental: bool,
+}
+
+/// Builds a disk's new index from its range results and stores it: every reported chunk
+/// is laid over `base` (the parent's index; `None`: all zeros), a full backup must have
+/// reported every chunk of the disk, and the index goes to `store` as pieces. Shared by
+/// the embedded job runner ([`backup_disk`]) and the cluster coordinator's commit; the
+/// caller's span names the job, VM and disk.
+pub async fn finish_disk(
+    store: &dyn ChunkStore,
+    base: Option<DiskIndex>,
+    disk: DiskOutcome,
+    results: impl IntoIterator<Item = RangeResult>,
+) -> Result<DiskSnapshot, BackupError> {
+    let DiskOutcome {
+        vm,
+        disk,
+        size,
+        chunk_size,
+        source,
+        incremental,
+    } = disk;
+    let index_err = |source| BackupError::Index {
+        vm: vm.clone(),
+        disk: disk.clone(),
+        source,
+    };
+    let base = match base {
+        Some(b) => b,
+        None => DiskIndex::zeroed(size, chunk_size).map_err(index_err)?,
+    };
+    let mut stats = DiskStats::default();
+    let mut changes: Vec<(usize, Option<Digest>)> = Vec::new();
+    for r in results {
+        stats.add(&r.stats);
+        changes.extend(r.entries);
+    }
+    let expected = chunk_count(size, chunk_size);
+    let distinct: HashSet<usize> = changes.iter().map(|(i, _)| *i).collect();
+    stats.chunks_clean = expected.saturating_sub(distinct.len() as u64);
+    // A full read reports every chunk; a gap would silently take the parent's data.
+    if !incremental && distinct.len() as u64 != expected {
+        return Err(BackupError::Incomplete {
+            vm,
+            disk,
+            reported: distinct.len(),
+            expected,
+        });
+    }
+    let index = base.overlay(size, changes).map_err(index_err)?;
+    let index_ref = store_index(store, &index)
+        .await
+        .map_err(|source| BackupError::StoreIndex {
+            vm: vm.clone(),
+            disk: disk.clone(),
+            source,
+        })?;
+    info!(
+        bytes_read = stats.bytes_read,
+        bytes_uploaded = stats.bytes_uploaded,
+        chunks_new = stats.chunks_new,
+        chunks_reused = stats.chunks_reused,
+        "disk done"
+    );
+    Ok(DiskSnapshot {
+        disk,
+        size,
+        index: index_ref,
+        source,
+        stats,
+        cbt: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bora_core::job::RangeResult;
     use bora_core::store::memory::MemoryChunkStore;
 
     const CS: u32 = 64 << 10;

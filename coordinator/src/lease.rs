@@ -248,6 +248,15 @@ impl LeaseTable {
         false
     }
 
+    /// A lease of a running job, in whatever state it is (active, expired, done...).
+    /// `None` once its job has ended, or if it was never handed out.
+    pub fn get_lease(&self, lease: LeaseId) -> Option<&Lease> {
+        match self.jobs.get(self.lease_job.get(&lease)?)? {
+            JobEntry::Running(job) => job.lease(lease),
+            JobEntry::Ended(_) => None,
+        }
+    }
+
     /// Every lease that now holds a range.
     pub fn active_leases(&self) -> impl Iterator<Item = &Lease> {
         self.running().flat_map(|j| j.active_leases())

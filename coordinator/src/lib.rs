@@ -1,12 +1,15 @@
 //! The coordinator: the snapshot catalog and the planner that splits disks into block
 //! ranges for workers, and the job runner that turns range results into a snapshot. For
 //! the cluster mode, two pure (sans-IO) cores: the lease table that hands ranges to
-//! workers (`lease`) and the placement of chunks on storage nodes (`placement`).
+//! workers (`lease`) and the placement of chunks on storage nodes (`placement`); and the
+//! gRPC service that drives them (`service`, configured by `config`).
 
 pub mod backup;
 pub mod catalog;
+pub mod config;
 mod fsutil;
 pub mod inventory;
 pub mod lease;
 pub mod placement;
 pub mod planner;
+pub mod service;

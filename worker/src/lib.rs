@@ -1,6 +1,7 @@
 //! The worker: agentless sources (image files, NBD), the backup pipeline and the restore
 //! data path.
 
+pub mod cluster;
 pub mod error;
 pub mod files;
 pub mod nbd;

@@ -183,6 +183,10 @@ impl RunningJob {
             .map(|r| &r.lease)
     }
 
+    pub(super) fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        self.leases.get(&id).map(|r| &r.lease)
+    }
+
     pub(super) fn lease_ids(&self) -> impl Iterator<Item = LeaseId> + '_ {
         self.leases.keys().copied()
     }

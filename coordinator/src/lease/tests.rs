@@ -388,3 +388,16 @@ fn a_job_spec_is_checked_when_added() {
     s.disks[1].chunk_size = CS;
     assert_eq!(t.add_job(s), Ok(2));
 }
+
+#[test]
+fn get_lease_finds_leases_of_running_jobs_in_any_state() {
+    let mut t = LeaseTable::new(config());
+    t.add_job(spec("j", "h", &[8])).unwrap();
+    let a = t.lease(&w("a"), 0).unwrap();
+    assert_eq!(t.get_lease(a.id), Some(&a));
+    t.expire(a.expires_ms);
+    assert_eq!(t.get_lease(a.id).map(|l| l.worker.clone()), Some(w("a")));
+    assert_eq!(t.get_lease(LeaseId(99)), None);
+    t.cancel(&"j".into()).unwrap();
+    assert_eq!(t.get_lease(a.id), None);
+}

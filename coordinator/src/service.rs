@@ -1,0 +1,249 @@
+//! The coordinator of a cluster as a gRPC service: it keeps the snapshot catalog and the
+//! storage membership, runs backup jobs by leasing their ranges to workers, and commits
+//! each job's snapshot when every range has a result.
+//!
+//! ```text
+//! client ── StartBackup ──► coordinator ◄── Lease / Heartbeat / CompleteRange ── workers
+//!        ◄─ WaitJob ──────   │ LeaseTable (ranges, leases, attempts)            │
+//!                            │ commit: index per disk → store, record → catalog  ▼
+//!                            └──────── StoreFactory(membership) ──────► storage nodes
+//! ```
+//!
+//! - **Jobs live in memory.** A job's id is the id of the snapshot it commits. After a
+//!   restart every committed snapshot is in the catalog (`data-dir/snapshots`) and
+//!   `WaitJob` for a job whose snapshot is there answers COMMITTED with it; for any other
+//!   job this coordinator does not know it answers NOT_FOUND: "job X is unknown to this
+//!   coordinator (it may have restarted); nothing was committed for it". Workers still
+//!   holding leases of the previous run are told those leases ended (lease numbers carry
+//!   an epoch bumped on every start, see `epoch`).
+//! - **A client disconnecting does not cancel its job**: the job belongs to the
+//!   coordinator until it commits, fails or is cancelled (`CancelJob`).
+//! - **Leases** last `lease-ms`; a worker's heartbeat extends them; a timer driven by the
+//!   table's next deadline takes back the leases of silent workers and their ranges go
+//!   to other workers. A range gets `max-attempts` leases before its job fails.
+//! - **Commit.** A failed or cancelled job commits nothing. A job whose ranges are all done
+//!   builds each disk's index from the results (every chunk reported: these are full
+//!   backups, deduplication makes them cheap), stores it through the chunk store the
+//!   [`StoreFactory`] builds for the current membership, and commits the snapshot record
+//!   with the VM's latest snapshot as parent. One VM has at most one running job.
+//! - **Membership** is saved in `data-dir/membership.json` on every change; the config
+//!   only seeds it (see [`crate::config`]).
+//!
+//! Only `config.listen` is bound. The data directory is locked (`data-dir/lock`) while the
+//! coordinator runs.
+
+mod commit;
+mod epoch;
+mod error;
+mod grpc;
+mod jobs;
+mod leases;
+mod state;
+mod storage;
+mod wire;
+mod workers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+pub use error::{RequestError, ServiceError, to_status};
+pub use storage::StoreFactory;
+
+use crate::catalog::Catalog;
+use crate::config::CoordinatorConfig;
+use crate::lease::{JobCommit, LeaseConfig, LeaseTable};
+use epoch::Epoch;
+use state::{Clock, Coordinator, Core};
+
+/// A coordinator listening on its address, not yet serving: [`Self::run`] serves it.
+pub struct BoundCoordinator {
+    listener: TcpListener,
+    addr: SocketAddr,
+    coordinator: Arc<Coordinator>,
+    commits: mpsc::UnboundedReceiver<JobCommit>,
+    lock: File,
+}
+
+/// Opens the coordinator's state in `config.data_dir` (catalog, membership, epoch) and
+/// binds `config.listen`. `stores` builds the chunk store snapshot indexes are stored in.
+pub async fn bind(
+    config: &CoordinatorConfig,
+    stores: StoreFactory,
+) -> Result<BoundCoordinator, ServiceError> {
+    config.validate().map_err(ServiceError::Config)?;
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| ServiceError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let lock = lock_data_dir(dir)?;
+    let catalog = Catalog::open(dir)?;
+    let epoch = Epoch::next(dir)?;
+    let storage = storage::Storage::open(config, stores)?;
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| ServiceError::Bind {
+                addr: config.listen.clone(),
+                source,
+            })?;
+    let addr = listener.local_addr().map_err(|source| ServiceError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    let (commits_tx, commits) = mpsc::unbounded_channel();
+    let table = LeaseTable::new(LeaseConfig {
+        lease_ms: config.lease_ms,
+        max_attempts: config.max_attempts,
+        per_host_limit: config.per_host_limit,
+        range_bytes: config.range_bytes,
+    });
+    let coordinator = Coordinator {
+        id: config.id.clone(),
+        addr,
+        lease_ms: config.lease_ms,
+        epoch,
+        clock: Clock::new(),
+        core: Mutex::new(Core {
+            table,
+            jobs: HashMap::new(),
+            ended: VecDeque::new(),
+            workers: BTreeMap::new(),
+            next_seq: 0,
+        }),
+        catalog: Arc::new(catalog),
+        commit_lock: tokio::sync::Mutex::new(()),
+        storage,
+        expiry: Notify::new(),
+        commits: commits_tx,
+        stopping: watch::Sender::new(false),
+    };
+    Ok(BoundCoordinator {
+        listener,
+        addr,
+        coordinator: Arc::new(coordinator),
+        commits,
+        lock,
+    })
+}
+
+impl BoundCoordinator {
+    /// The address bound (with the port chosen when `listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves: then stops accepting requests, answers pending
+    /// long polls, finishes the commits already started, and unlocks the data directory.
+    /// Running jobs end with the process (see the module documentation).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServiceError> {
+        let BoundCoordinator {
+            listener,
+            addr,
+            coordinator: c,
+            mut commits,
+            lock,
+        } = self;
+        info!(id = %c.id, addr = %addr, epoch = ?c.epoch, "coordinator serving");
+        let mut stopped = c.stopping.subscribe();
+        let server = tonic::transport::Server::builder()
+            .add_service(grpc::CoordinatorService::server(c.clone()))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+        let served = async {
+            let r = server.await;
+            c.stopping.send_replace(true);
+            r
+        };
+        let mut stopped = c.stopping.subscribe();
+        let watcher = async {
+            tokio::select! {
+                () = shutdown => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            c.stopping.send_replace(true);
+        };
+        let (served, (), (), ()) = tokio::join!(
+            served,
+            watcher,
+            c.clone().run_expiry(),
+            run_commits(c.clone(), &mut commits)
+        );
+        drop(lock);
+        info!(id = %c.id, "coordinator stopped");
+        served.map_err(|source| ServiceError::Serve { addr, source })
+    }
+}
+
+/// Commits jobs as they become ready, several at once; when the coordinator stops, the
+/// commits already started or queued are finished.
+async fn run_commits(c: Arc<Coordinator>, rx: &mut mpsc::UnboundedReceiver<JobCommit>) {
+    let mut running = JoinSet::new();
+    let mut stopping = c.stopping.subscribe();
+    loop {
+        tokio::select! {
+            Some(commit) = rx.recv() => {
+                running.spawn(c.clone().commit_job(commit));
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = stopping.wait_for(|s| *s) => break,
+        }
+    }
+    rx.close();
+    while let Ok(commit) = rx.try_recv() {
+        running.spawn(c.clone().commit_job(commit));
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// Locks `dir/lock` so that one coordinator at a time uses the data directory; the file
+/// holds the holder's pid.
+fn lock_data_dir(dir: &Path) -> Result<File, ServiceError> {
+    let path = dir.join("lock");
+    let state = |reason: String| ServiceError::State {
+        path: path.clone(),
+        reason,
+    };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| state(e.to_string()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(state(format!(
+                "the data directory is in use by another coordinator (pid {})",
+                pid.trim()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(state(e.to_string())),
+    }
+    f.set_len(0)
+        .and_then(|()| f.rewind())
+        .and_then(|()| write!(f, "{}", std::process::id()))
+        .map_err(|e| state(e.to_string()))?;
+    Ok(f)
+}

@@ -1,0 +1,158 @@
+//! Committing a job: each disk's index is built from its ranges' results and stored
+//! through the chunk store of the current membership ([`crate::backup::finish_disk`], as
+//! the embedded mode does), then the snapshot record goes into the catalog with the VM's
+//! latest snapshot as its parent. Cluster backups are full reads: every chunk is reported
+//! and deduplication makes the unchanged ones cheap.
+//!
+//! The catalog is written in one place, [`Coordinator::commit_record`], for job commits
+//! and for the `CommitSnapshot` RPC alike; catalog reads go through here too, off the
+//! async workers.
+
+use std::sync::Arc;
+
+use tracing::{Instrument, info, info_span, warn};
+
+use bora_core::snapshot::{
+    CbtRecord, SNAPSHOT_FORMAT_VERSION, SnapshotId, SnapshotMeta, now_rfc3339,
+};
+
+use super::error::RequestError;
+use super::jobs::Phase;
+use super::state::Coordinator;
+use crate::backup::{BackupError, DiskOutcome, finish_disk};
+use crate::catalog::CatalogError;
+use crate::lease::JobCommit;
+
+/// Why a job's commit failed. Nothing is committed when this happens.
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Disk(#[from] BackupError),
+}
+
+/// Runs a catalog call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, RequestError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RequestError::Internal(format!("catalog task: {e}")))?
+        .map_err(RequestError::from)
+}
+
+impl Coordinator {
+    /// Commits a job whose ranges are all done, and ends it (committed or failed).
+    pub(super) async fn commit_job(self: Arc<Self>, commit: JobCommit) {
+        let job = commit.job.clone();
+        let outcome = self.try_commit(commit).await;
+        let mut core = self.core();
+        match outcome {
+            Ok(snapshot_json) => core.set_phase(&job, Phase::Committed { snapshot_json }),
+            Err(e) => {
+                warn!(job = %job, error = %e, "commit failed; nothing was committed");
+                core.set_phase(
+                    &job,
+                    Phase::Failed {
+                        error: format!("commit failed, nothing was committed: {e}"),
+                    },
+                );
+            }
+        }
+    }
+
+    async fn try_commit(&self, commit: JobCommit) -> Result<String, CommitError> {
+        let (vm, sources) = {
+            let core = self.core();
+            let rec = core.jobs.get(&commit.job).ok_or_else(|| {
+                RequestError::Internal(format!("no record of job {}", commit.job))
+            })?;
+            (rec.vm.clone(), rec.disks.clone())
+        };
+        let span = info_span!("commit", job = %commit.job, vm = %vm);
+        async move {
+            let id: SnapshotId = commit
+                .job
+                .0
+                .parse()
+                .map_err(|e| RequestError::Internal(format!("job id as snapshot id: {e}")))?;
+            let store = self.storage.store()?;
+            let mut disks = Vec::with_capacity(commit.disks.len());
+            for (d, source) in commit.disks.into_iter().zip(sources) {
+                let span = info_span!("commit_disk", disk = %d.name);
+                let mut snap = finish_disk(
+                    store.as_ref(),
+                    None,
+                    DiskOutcome {
+                        vm: vm.clone(),
+                        disk: d.name,
+                        size: d.size,
+                        chunk_size: d.chunk_size,
+                        source: source.source,
+                        incremental: false,
+                    },
+                    d.ranges.into_iter().map(|r| r.result),
+                )
+                .instrument(span)
+                .await?;
+                snap.cbt = Some(CbtRecord {
+                    mode: "full".into(),
+                    reason: Some("cluster backups read every chunk".into()),
+                    base: None,
+                    bitmap: None,
+                });
+                disks.push(snap);
+            }
+            let meta = self
+                .commit_record(&vm, |parent| SnapshotMeta {
+                    format: SNAPSHOT_FORMAT_VERSION,
+                    id,
+                    vm: vm.clone(),
+                    time: now_rfc3339(),
+                    parent,
+                    disks,
+                })
+                .await?;
+            info!(parent = ?meta.parent.as_ref().map(SnapshotId::as_str), "snapshot committed");
+            serde_json::to_string(&meta).map_err(|e| {
+                RequestError::Internal(format!("encoding snapshot {}: {e}", meta.id)).into()
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Commits a snapshot record made by `make` from the VM's latest snapshot (its
+    /// parent), one commit at a time. The only catalog write.
+    pub(super) async fn commit_record(
+        &self,
+        vm: &str,
+        make: impl FnOnce(Option<SnapshotId>) -> SnapshotMeta,
+    ) -> Result<SnapshotMeta, RequestError> {
+        let _one_at_a_time = self.commit_lock.lock().await;
+        let (catalog, v) = (self.catalog.clone(), vm.to_string());
+        let parent = blocking(move || catalog.latest(&v)).await?.map(|m| m.id);
+        let meta = make(parent);
+        let (catalog, m) = (self.catalog.clone(), meta.clone());
+        blocking(move || catalog.commit(&m)).await?;
+        Ok(meta)
+    }
+
+    pub(super) async fn catalog_list(
+        &self,
+        vm: Option<String>,
+    ) -> Result<Vec<SnapshotMeta>, RequestError> {
+        let catalog = self.catalog.clone();
+        blocking(move || catalog.list(vm.as_deref())).await
+    }
+
+    pub(super) async fn catalog_get(
+        &self,
+        vm: String,
+        id: String,
+    ) -> Result<SnapshotMeta, RequestError> {
+        let catalog = self.catalog.clone();
+        blocking(move || catalog.get(&vm, &id)).await
+    }
+}

@@ -1,0 +1,128 @@
+//! The service's errors, in two tiers: [`ServiceError`] stops the coordinator (it cannot
+//! start or keep serving), [`RequestError`] fails one request and is sent back as a gRPC
+//! status through [`to_status`], the one place that mapping lives.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tonic::Status;
+
+use crate::catalog::CatalogError;
+use crate::lease::{JobId, LeaseError};
+
+/// Why the coordinator cannot start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("coordinator config: {0}")]
+    Config(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving gRPC on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Why one request failed. The coordinator is unaffected.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "job {0} is unknown to this coordinator (it may have restarted); nothing was committed for it"
+    )]
+    UnknownJob(JobId),
+    #[error("vm {vm} already has a running job {job}")]
+    VmBusy { vm: String, job: JobId },
+    #[error("job {0} is committing its snapshot and can no longer be cancelled")]
+    Committing(JobId),
+    #[error("no storage nodes: add one (AddStorageNode) before starting a backup")]
+    NoStorageNodes,
+    #[error("storage node {0} is not a member")]
+    UnknownNode(String),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("saving {path}: {source}")]
+    Persist {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Maps a request's error to the status sent back.
+pub fn to_status(e: RequestError) -> Status {
+    let msg = e.to_string();
+    match e {
+        RequestError::Invalid(_) => Status::invalid_argument(msg),
+        RequestError::UnknownJob(_) | RequestError::UnknownNode(_) => Status::not_found(msg),
+        RequestError::VmBusy { .. }
+        | RequestError::Committing(_)
+        | RequestError::NoStorageNodes => Status::failed_precondition(msg),
+        RequestError::Lease(l) => match l {
+            LeaseError::UnknownJob(_) | LeaseError::UnknownLease(_) => Status::not_found(msg),
+            LeaseError::WrongWorker { .. } => Status::permission_denied(msg),
+            LeaseError::DuplicateJob(_) => Status::already_exists(msg),
+            LeaseError::NoDisks(_)
+            | LeaseError::DuplicateDisk { .. }
+            | LeaseError::EmptyDisk { .. }
+            | LeaseError::ZeroChunkSize { .. }
+            | LeaseError::ChunkOutsideRange { .. } => Status::invalid_argument(msg),
+        },
+        RequestError::Catalog(c) => match c {
+            CatalogError::NotFound { .. } | CatalogError::NoSnapshots(_) => Status::not_found(msg),
+            CatalogError::Duplicate(_) | CatalogError::HostExists(_) => Status::already_exists(msg),
+            CatalogError::NoHost(_) => Status::not_found(msg),
+            CatalogError::Io { .. } | CatalogError::BadRecord { .. } => Status::internal(msg),
+        },
+        RequestError::ShuttingDown => Status::unavailable(msg),
+        RequestError::Persist { .. } | RequestError::Internal(_) => Status::internal(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn statuses() {
+        let code = |e| to_status(e).code();
+        assert_eq!(
+            code(RequestError::Invalid("x".into())),
+            Code::InvalidArgument
+        );
+        assert_eq!(code(RequestError::UnknownJob("j".into())), Code::NotFound);
+        assert_eq!(code(RequestError::NoStorageNodes), Code::FailedPrecondition);
+        assert_eq!(
+            code(RequestError::Lease(LeaseError::UnknownLease(
+                crate::lease::LeaseId(3)
+            ))),
+            Code::NotFound
+        );
+        let s = to_status(RequestError::UnknownJob("j1".into()));
+        assert!(s.message().contains("nothing was committed"), "{s}");
+    }
+}

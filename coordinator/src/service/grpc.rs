@@ -1,0 +1,251 @@
+//! The `Coordinator` gRPC service: each call checks its request ([`super::wire`]), asks
+//! the coordinator, and maps a failure to a status ([`super::error::to_status`]).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use bora_proto::coordinator as pb;
+use bora_proto::coordinator::coordinator_server::{
+    Coordinator as CoordinatorRpc, CoordinatorServer,
+};
+
+use super::error::{RequestError, to_status};
+use super::jobs::JobRequest;
+use super::leases::RangeReport;
+use super::state::Coordinator;
+use super::wire;
+use crate::config::check_node;
+use crate::planner::split_disk;
+
+/// Largest message accepted or sent: a range's result names every chunk of the range.
+pub(super) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+#[derive(Clone)]
+pub(super) struct CoordinatorService {
+    c: Arc<Coordinator>,
+}
+
+impl CoordinatorService {
+    pub(super) fn server(c: Arc<Coordinator>) -> CoordinatorServer<CoordinatorService> {
+        CoordinatorServer::new(CoordinatorService { c })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+fn answer<T>(r: Result<T, RequestError>) -> Answer<T> {
+    r.map(Response::new).map_err(to_status)
+}
+
+fn snapshot_json(meta: &bora_core::snapshot::SnapshotMeta) -> Result<String, RequestError> {
+    serde_json::to_string(meta)
+        .map_err(|e| RequestError::Internal(format!("encoding snapshot {}: {e}", meta.id)))
+}
+
+#[tonic::async_trait]
+impl CoordinatorRpc for CoordinatorService {
+    async fn plan_disk(
+        &self,
+        request: Request<pb::PlanDiskRequest>,
+    ) -> Answer<pb::PlanDiskResponse> {
+        let r = request.into_inner();
+        answer(
+            wire::disk_geometry("disk", r.disk_size, r.chunk_size).map(|()| {
+                let range_bytes = self.c.core().table.config().range_bytes;
+                pb::PlanDiskResponse {
+                    ranges: split_disk(r.disk_size, r.chunk_size, range_bytes)
+                        .into_iter()
+                        .map(|x| pb::ByteRange {
+                            offset: x.offset,
+                            length: x.length,
+                        })
+                        .collect(),
+                }
+            }),
+        )
+    }
+
+    async fn commit_snapshot(
+        &self,
+        request: Request<pb::CommitSnapshotRequest>,
+    ) -> Answer<pb::CommitSnapshotResponse> {
+        let r = async {
+            let meta = wire::snapshot_from_json(&request.into_inner().snapshot_json)?;
+            let vm = meta.vm.clone();
+            let meta = self.c.commit_record(&vm, move |_parent| meta).await?;
+            Ok(pb::CommitSnapshotResponse {
+                id: meta.id.to_string(),
+            })
+        };
+        answer(r.await)
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Answer<pb::ListSnapshotsResponse> {
+        let r = async {
+            let metas = self.c.catalog_list(request.into_inner().vm).await?;
+            let snapshot_json = metas
+                .iter()
+                .map(snapshot_json)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(pb::ListSnapshotsResponse { snapshot_json })
+        };
+        answer(r.await)
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Answer<pb::GetSnapshotResponse> {
+        let r = request.into_inner();
+        let r = async {
+            let meta = self.c.catalog_get(r.vm, r.id).await?;
+            Ok(pb::GetSnapshotResponse {
+                snapshot_json: snapshot_json(&meta)?,
+            })
+        };
+        answer(r.await)
+    }
+
+    async fn start_backup(
+        &self,
+        request: Request<pb::StartBackupRequest>,
+    ) -> Answer<pb::StartBackupResponse> {
+        answer(
+            JobRequest::try_from(request.into_inner())
+                .and_then(|req| self.c.start_backup(req))
+                .map(|job| pb::StartBackupResponse { job: job.0 }),
+        )
+    }
+
+    async fn wait_job(&self, request: Request<pb::WaitJobRequest>) -> Answer<pb::JobStatus> {
+        let r = request.into_inner();
+        let r = async {
+            let job = wire::job_id(&r.job)?;
+            let timeout = wire::wait_timeout(r.timeout_ms)?;
+            self.c
+                .wait_job(&job, timeout)
+                .await
+                .map(pb::JobStatus::from)
+        };
+        answer(r.await)
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Answer<pb::JobStatus> {
+        answer(
+            wire::job_id(&request.into_inner().job)
+                .and_then(|job| self.c.cancel_job(&job))
+                .map(pb::JobStatus::from),
+        )
+    }
+
+    async fn lease(&self, request: Request<pb::LeaseRequest>) -> Answer<pb::LeaseResponse> {
+        let peer = request.remote_addr();
+        answer(
+            wire::worker_id(&request.into_inner().worker)
+                .and_then(|w| self.c.lease(&w, peer))
+                .map(|grant| pb::LeaseResponse {
+                    lease: grant.map(pb::RangeLease::from),
+                }),
+        )
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Answer<pb::HeartbeatResponse> {
+        let peer = request.remote_addr();
+        let r = request.into_inner();
+        answer(wire::worker_id(&r.worker).and_then(|w| {
+            let ids = wire::lease_ids(r.lease_ids)?;
+            Ok(pb::HeartbeatResponse {
+                ended: self.c.heartbeat(&w, &ids, peer),
+            })
+        }))
+    }
+
+    async fn complete_range(
+        &self,
+        request: Request<pb::CompleteRangeRequest>,
+    ) -> Answer<pb::CompleteRangeResponse> {
+        answer(
+            RangeReport::try_from(request.into_inner())
+                .and_then(|report| self.c.complete(report))
+                .map(|accepted| pb::CompleteRangeResponse { accepted }),
+        )
+    }
+
+    async fn fail_range(
+        &self,
+        request: Request<pb::FailRangeRequest>,
+    ) -> Answer<pb::FailRangeResponse> {
+        let r = request.into_inner();
+        answer(
+            wire::worker_id(&r.worker)
+                .and_then(|w| self.c.fail(r.lease_id, &w, wire::error_text(r.error)))
+                .map(|()| pb::FailRangeResponse {}),
+        )
+    }
+
+    async fn register_worker(
+        &self,
+        request: Request<pb::RegisterWorkerRequest>,
+    ) -> Answer<pb::RegisterWorkerResponse> {
+        let peer = request.remote_addr();
+        let r = request.into_inner();
+        answer(wire::worker_id(&r.worker).and_then(|w| {
+            let hostname = wire::hostname(r.hostname)?;
+            self.c.register_worker(&w, r.pid, hostname, peer);
+            Ok(pb::RegisterWorkerResponse {
+                coordinator: self.c.id.clone(),
+                lease_ms: self.c.lease_ms,
+            })
+        }))
+    }
+
+    async fn membership(
+        &self,
+        _request: Request<pb::MembershipRequest>,
+    ) -> Answer<pb::MembershipResponse> {
+        Ok(Response::new(self.c.storage.view().into()))
+    }
+
+    async fn add_storage_node(
+        &self,
+        request: Request<pb::AddStorageNodeRequest>,
+    ) -> Answer<pb::MembershipResponse> {
+        let r = request.into_inner();
+        let c = self.c.clone();
+        let r = async move {
+            check_node(&r.id, &r.addr).map_err(RequestError::Invalid)?;
+            tokio::task::spawn_blocking(move || c.storage.add(&r.id, &r.addr))
+                .await
+                .map_err(|e| RequestError::Internal(e.to_string()))?
+        };
+        answer(r.await.map(pb::MembershipResponse::from))
+    }
+
+    async fn remove_storage_node(
+        &self,
+        request: Request<pb::RemoveStorageNodeRequest>,
+    ) -> Answer<pb::MembershipResponse> {
+        let id = request.into_inner().id;
+        let c = self.c.clone();
+        let r = async move {
+            bora_core::snapshot::check_name("storage node", &id).map_err(RequestError::Invalid)?;
+            tokio::task::spawn_blocking(move || c.storage.remove(&id))
+                .await
+                .map_err(|e| RequestError::Internal(e.to_string()))?
+        };
+        answer(r.await.map(pb::MembershipResponse::from))
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
+        Ok(Response::new(self.c.status().into()))
+    }
+}

@@ -1,0 +1,298 @@
+//! One leased range: the lease checked, the disk's source opened (or found open), the
+//! range read through the backup pipeline into the chunk store, and the result (or the
+//! error) reported to the coordinator that granted the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use bora_core::ByteRange;
+use bora_core::index::check_chunk_size;
+use bora_core::job::{RangeResult, RangeTask, RangeWorker};
+use bora_core::progress::Progress;
+use bora_core::snapshot::check_name;
+use bora_proto::coordinator::{ChunkEntry, CompleteRangeRequest, FailRangeRequest, RangeLease};
+
+use super::Context;
+use super::coordinators::{Client, unreachable};
+use crate::pipeline::{PipelineOptions, SourceWorker};
+
+/// How long a result or failure is retried while its coordinator is unreachable.
+const REPORT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A lease as the worker works on it, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LeasedRange {
+    pub(super) lease: u64,
+    pub(super) job: String,
+    pub(super) vm: String,
+    pub(super) disk: String,
+    pub(super) source: String,
+    pub(super) disk_size: u64,
+    pub(super) range: ByteRange,
+    pub(super) chunk_size: u32,
+}
+
+impl TryFrom<RangeLease> for LeasedRange {
+    type Error = String;
+
+    fn try_from(l: RangeLease) -> Result<LeasedRange, String> {
+        let what = format!("lease {}", l.lease_id);
+        if l.job.is_empty() {
+            return Err(format!("{what}: no job"));
+        }
+        check_name("vm", &l.vm).map_err(|e| format!("{what}: {e}"))?;
+        check_name("disk", &l.disk).map_err(|e| format!("{what}: {e}"))?;
+        check_chunk_size(l.chunk_size).map_err(|e| format!("{what}: {e}"))?;
+        if l.source.is_empty() {
+            return Err(format!("{what}: no source"));
+        }
+        let end = l.offset.checked_add(l.length);
+        if l.length == 0
+            || !l.offset.is_multiple_of(u64::from(l.chunk_size))
+            || end.is_none_or(|e| e > l.disk_size)
+        {
+            return Err(format!(
+                "{what}: range {}+{} is not a chunk-aligned part of a {}-byte disk",
+                l.offset, l.length, l.disk_size
+            ));
+        }
+        Ok(LeasedRange {
+            lease: l.lease_id,
+            job: l.job,
+            vm: l.vm,
+            disk: l.disk,
+            source: l.source,
+            disk_size: l.disk_size,
+            range: ByteRange {
+                offset: l.offset,
+                length: l.length,
+            },
+            chunk_size: l.chunk_size,
+        })
+    }
+}
+
+fn completion(worker: &str, lease: u64, r: RangeResult) -> CompleteRangeRequest {
+    CompleteRangeRequest {
+        lease_id: lease,
+        worker: worker.to_string(),
+        entries: r
+            .entries
+            .into_iter()
+            .map(|(index, digest)| ChunkEntry {
+                index: index as u64,
+                digest: digest.map_or_else(Bytes::new, |d| Bytes::copy_from_slice(d.as_bytes())),
+            })
+            .collect(),
+        bytes_read: r.stats.bytes_read,
+        bytes_uploaded: r.stats.bytes_uploaded,
+        chunks_new: r.stats.chunks_new,
+        chunks_reused: r.stats.chunks_reused,
+        chunks_zero: r.stats.chunks_zero,
+    }
+}
+
+/// Removes the lease from the worker's active leases when its work ends, however it ends
+/// (an abort included).
+struct Active {
+    ctx: Arc<Context>,
+    key: (usize, u64),
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.ctx.forget_lease(self.key);
+    }
+}
+
+/// Backs up one leased range and reports the outcome to coordinator `coordinator`.
+pub(super) async fn work(ctx: Arc<Context>, coordinator: usize, lease: RangeLease) {
+    let _active = Active {
+        ctx: ctx.clone(),
+        key: (coordinator, lease.lease_id),
+    };
+    let span = info_span!(
+        "lease", lease = lease.lease_id, job = %lease.job, vm = %lease.vm, disk = %lease.disk,
+        range = %ByteRange { offset: lease.offset, length: lease.length },
+        coordinator = %ctx.coordinators.addr(coordinator)
+    );
+    async move {
+        let id = lease.lease_id;
+        let started = Instant::now();
+        match back_up(&ctx, coordinator, lease).await {
+            Ok(result) => {
+                let chunks = result.entries.len();
+                let req = completion(&ctx.config.id, id, result);
+                let accepted = report(&ctx, coordinator, "the result", move |mut c| {
+                    let req = req.clone();
+                    async move { c.complete_range(req).await.map(|r| r.into_inner().accepted) }
+                })
+                .await;
+                match accepted {
+                    Some(true) => {
+                        info!(chunks, secs = started.elapsed().as_secs_f64(), "range done")
+                    }
+                    Some(false) => {
+                        info!("range done, but another result came first or the job ended")
+                    }
+                    None => {}
+                }
+            }
+            Err(error) => {
+                warn!(error = %error, "range failed");
+                let req = FailRangeRequest {
+                    lease_id: id,
+                    worker: ctx.config.id.clone(),
+                    error,
+                };
+                report(&ctx, coordinator, "the failure", move |mut c| {
+                    let req = req.clone();
+                    async move { c.fail_range(req).await.map(|_| ()) }
+                })
+                .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn back_up(
+    ctx: &Context,
+    coordinator: usize,
+    lease: RangeLease,
+) -> Result<RangeResult, String> {
+    let r = LeasedRange::try_from(lease)?;
+    let store = ctx.store_for(coordinator).await?;
+    let job = ctx.jobs.enter(&r.job, &r.disk);
+    let source = job.source(&r.source).await.map_err(|e| e.to_string())?;
+    if source.size() != r.disk_size {
+        return Err(format!(
+            "source {} is {} bytes, the job expects {}",
+            r.source,
+            source.size(),
+            r.disk_size
+        ));
+    }
+    let worker = SourceWorker {
+        source,
+        store,
+        seen: job.seen.clone(),
+        opts: PipelineOptions::default(),
+        progress: Arc::new(Progress::default()),
+    };
+    worker
+        .backup_range(RangeTask {
+            job: r.job,
+            vm: r.vm,
+            disk: r.disk,
+            range: r.range,
+            chunk_size: r.chunk_size,
+            incremental: false,
+            parent: Vec::new(),
+        })
+        .await
+        .map_err(|e| e.0)
+}
+
+/// Sends a report to coordinator `i`, retrying for [`REPORT_PATIENCE`] while it is
+/// unreachable. `None` when it could not be sent (the lease will expire there).
+async fn report<T, F, Fut>(ctx: &Context, i: usize, what: &str, call: F) -> Option<T>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + REPORT_PATIENCE;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let client = ctx.coordinators.client(i)?;
+        match call(client).await {
+            Ok(v) => return Some(v),
+            Err(s) if unreachable(&s) && Instant::now() + backoff < deadline => {
+                debug!(error = %s, "coordinator unreachable; reporting {what} again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(s) => {
+                warn!(error = %s, "could not report {what}");
+                return None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease() -> RangeLease {
+        RangeLease {
+            lease_id: 9,
+            job: "j".into(),
+            vm: "vm".into(),
+            disk: "d".into(),
+            source: "/i.raw".into(),
+            offset: 1 << 16,
+            length: 3 << 16,
+            chunk_size: 1 << 16,
+            expires_in_ms: 1000,
+            disk_size: 4 << 16,
+        }
+    }
+
+    #[test]
+    fn leases_from_the_wire_are_checked() {
+        assert!(LeasedRange::try_from(lease()).is_ok());
+        for (bad, needle) in [
+            (
+                RangeLease {
+                    offset: 100,
+                    ..lease()
+                },
+                "chunk-aligned",
+            ),
+            (
+                RangeLease {
+                    length: 4 << 16,
+                    ..lease()
+                },
+                "chunk-aligned",
+            ),
+            (
+                RangeLease {
+                    offset: u64::MAX - 65535,
+                    ..lease()
+                },
+                "chunk-aligned",
+            ),
+            (
+                RangeLease {
+                    chunk_size: 3,
+                    ..lease()
+                },
+                "power of two",
+            ),
+            (
+                RangeLease {
+                    disk: "../x".into(),
+                    ..lease()
+                },
+                "disk name",
+            ),
+            (
+                RangeLease {
+                    source: String::new(),
+                    ..lease()
+                },
+                "no source",
+            ),
+        ] {
+            let e = LeasedRange::try_from(bad).unwrap_err();
+            assert!(e.contains(needle) && e.contains("lease 9"), "{needle}: {e}");
+        }
+    }
+}
