@@ -14,6 +14,10 @@ pub struct Cli {
     /// Local repository of the embedded default.
     #[arg(long, global = true, env = "BORA_REPO", value_name = "DIR")]
     pub repo: Option<PathBuf>,
+    /// A running cluster's coordinator URL(s), comma-separated (e.g. http://127.0.0.1:7100);
+    /// without it, commands run embedded over --repo.
+    #[arg(long, global = true, env = "BORA_CLUSTER", value_name = "URL")]
+    pub cluster: Option<String>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -50,6 +54,72 @@ pub enum Command {
     /// VMs of the registered hosts.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// A whole local cluster in the foreground, each member its own child process.
+    Up(UpArgs),
+    /// One coordinator of a cluster.
+    Coordinator(MemberArgs),
+    /// One worker of a cluster (agentless proxy: reads the hosts' disks).
+    Worker(MemberArgs),
+    /// One storage node of a cluster.
+    StorageNode(MemberArgs),
+    /// Cluster health: members, the ring, jobs (needs --cluster).
+    Status,
+    /// Copy every chunk onto each of its owners: after a storage node was down or joined
+    /// (needs --cluster).
+    Repair,
+    /// The cluster's storage nodes (needs --cluster).
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+#[derive(Subcommand)]
+pub enum StorageCommand {
+    /// Add a running storage node to the ring (then `bora repair` moves its chunks to it).
+    Add {
+        id: String,
+        /// HOST:PORT it listens on.
+        addr: String,
+    },
+    /// Take a storage node out of the ring (run `bora repair` first while it is up).
+    Remove { id: String },
+}
+
+#[derive(Args)]
+pub struct MemberArgs {
+    /// The member's TOML config file (examples in deploy/).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where the members keep their configs, data and logs (default: bora-cluster next to
+    /// the embedded repository).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// IP:PORT of the coordinator; storage nodes take the next ports. Port 0 picks free ones.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Coordinators (1 until coordinator replication lands).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub coordinators: usize,
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub storage_nodes: usize,
+    /// Copies of every chunk (default: min(2, storage nodes)).
+    #[arg(long, value_name = "R")]
+    pub replicas: Option<u32>,
+    /// How long a worker's range lease lasts without a heartbeat.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Bytes per block range a worker leases (rounded to chunks): smaller ranges spread a
+    /// disk over more workers and make a lost range cheaper to redo.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub range_bytes: u64,
+    /// Cap each source's read rate per worker (bytes/s), to model a network-bound cluster.
+    #[arg(long, value_name = "BYTES")]
+    pub read_limit: Option<u64>,
 }
 
 #[derive(Subcommand)]

@@ -2,20 +2,28 @@
 
 use std::path::PathBuf;
 
+use anyhow::bail;
+
 use crate::cli::{Cli, Command};
 use crate::repo::default_repo_dir;
 
 mod backup;
+mod cluster;
 mod copy_back;
 mod files;
 mod host;
+mod members;
 mod quickstart;
 mod restore;
 mod serve;
 mod snapshots;
+mod up;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo: PathBuf = cli.repo.clone().unwrap_or_else(default_repo_dir);
+    if let Some(urls) = cli.cluster.as_deref().filter(|u| !u.is_empty()) {
+        return run_cluster(urls, cli.command, cli.json).await;
+    }
     match cli.command {
         Command::Init(a) => {
             let r = crate::repo::Repo::open(&repo, true, a.chunk_size)?;
@@ -41,5 +49,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Files(c) => files::run(&repo, c, cli.json).await,
         Command::Host(c) => host::run_host(&repo, c, cli.json).await,
         Command::Vm(c) => host::run_vm(&repo, c, cli.json).await,
+        Command::Up(a) => up::run(a, cli.json).await,
+        Command::Coordinator(a) => members::coordinator(&a.config).await,
+        Command::Worker(a) => members::worker(&a.config).await,
+        Command::StorageNode(a) => members::storage_node(&a.config).await,
+        Command::Status | Command::Repair | Command::Storage(_) => {
+            bail!("this command needs --cluster URL (or BORA_CLUSTER)")
+        }
+    }
+}
+
+/// A command with `--cluster`: the cluster's coordinator holds the catalog.
+async fn run_cluster(urls: &str, command: Command, json: bool) -> anyhow::Result<()> {
+    match command {
+        Command::Backup(a) => cluster::backup(urls, a, json).await,
+        Command::Snapshots(a) => cluster::snapshots(urls, a, json).await,
+        Command::Restore(a) => cluster::restore(urls, a, json).await,
+        Command::Status => cluster::status(urls, json).await,
+        Command::Repair => cluster::repair(urls, json).await,
+        Command::Storage(c) => cluster::storage(urls, c, json).await,
+        Command::Up(a) => up::run(a, json).await,
+        Command::Coordinator(a) => members::coordinator(&a.config).await,
+        Command::Worker(a) => members::worker(&a.config).await,
+        Command::StorageNode(a) => members::storage_node(&a.config).await,
+        Command::Init(_) => cluster::unsupported("init"),
+        Command::Quickstart(_) => cluster::unsupported("quickstart"),
+        Command::Serve(_) => cluster::unsupported("serve"),
+        Command::CopyBack(_) => cluster::unsupported("copy-back"),
+        Command::Files(_) => cluster::unsupported("files"),
+        Command::Host(_) => cluster::unsupported("host"),
+        Command::Vm(_) => cluster::unsupported("vm"),
     }
 }

@@ -1,6 +1,7 @@
 //! `bora`: the one binary of Bora — service roles and the operator CLI.
 
 mod cli;
+mod cluster;
 mod cmd;
 mod output;
 mod progress;

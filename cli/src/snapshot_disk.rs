@@ -22,6 +22,17 @@ pub struct SnapshotDisk {
 /// Opens disk `disk` of snapshot `snapshot` (an id or `latest`) of `vm`.
 pub async fn open(repo: &Repo, snapshot: &str, vm: &str, disk: &str) -> Result<SnapshotDisk> {
     let meta = repo.catalog.get(vm, snapshot)?;
+    let store: Arc<dyn ChunkStore> = repo.store.clone();
+    open_in(store.as_ref(), meta, disk).await
+}
+
+/// Disk `disk` of the snapshot `meta`, its index loaded from `store`.
+pub async fn open_in(
+    store: &dyn ChunkStore,
+    meta: SnapshotMeta,
+    disk: &str,
+) -> Result<SnapshotDisk> {
+    let vm = meta.vm.clone();
     let d = meta.disk(disk).cloned().ok_or_else(|| {
         let names: Vec<&str> = meta.disks.iter().map(|d| d.disk.as_str()).collect();
         anyhow!(
@@ -30,8 +41,7 @@ pub async fn open(repo: &Repo, snapshot: &str, vm: &str, disk: &str) -> Result<S
             names.join(", ")
         )
     })?;
-    let store: Arc<dyn ChunkStore> = repo.store.clone();
-    let index = load_index(store.as_ref(), &d.index)
+    let index = load_index(store, &d.index)
         .await
         .with_context(|| format!("loading the index of snapshot {} disk {disk}", meta.id))?;
     Ok(SnapshotDisk {

@@ -38,6 +38,7 @@ mod error;
 mod grpc;
 mod jobs;
 mod leases;
+mod probe;
 mod state;
 mod storage;
 mod wire;

@@ -10,6 +10,7 @@ pub mod host;
 pub mod index;
 pub mod index_store;
 pub mod job;
+pub mod placement;
 pub mod progress;
 pub mod range;
 pub mod snapshot;

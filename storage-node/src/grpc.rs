@@ -177,6 +177,7 @@ impl Storage for StorageService {
         Ok(Response::new(StatsResponse {
             chunks: stats.chunks,
             bytes_stored: stats.bytes_stored,
+            pid: std::process::id(),
         }))
     }
 }

@@ -42,9 +42,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bora_coordinator::placement::{Membership, NodeId};
 use bora_core::chunk::EncodedChunk;
 use bora_core::digest::Digest;
+use bora_core::placement::{Membership, NodeId};
 use bora_core::store::{ChunkStore, PutOutcome, StoreError};
 use bytes::Bytes;
 use futures::future::join_all;

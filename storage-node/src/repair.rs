@@ -5,7 +5,7 @@
 //! [`repair`] lists the digests of every member it can reach (`ListDigests`, page by
 //! page, ascending) and merges the lists, so each distinct digest is seen once together
 //! with the set of nodes holding it. For each digest, every owner by the full membership
-//! ([`Membership::owners`](bora_coordinator::placement::Membership::owners): where the
+//! ([`Membership::owners`](bora_core::placement::Membership::owners): where the
 //! chunk belongs, whether or not a node is down) that is reachable and lacks it gets a
 //! copy: the chunk's stored record is read from a node that has it (`ReadRecord`, owners
 //! first, verified on arrival; a corrupt or missing copy means trying the next holder) and
@@ -21,8 +21,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use bora_coordinator::placement::NodeId;
 use bora_core::digest::Digest;
+use bora_core::placement::NodeId;
 use bora_core::store::StoreError;
 use bora_proto::storage::ChunkRecord;
 use futures::StreamExt;

@@ -7,9 +7,9 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bora_coordinator::placement::{Membership, NodeId};
 use bora_core::chunk::{EncodedChunk, encode};
 use bora_core::digest::Digest;
+use bora_core::placement::{Membership, NodeId};
 use bora_core::store::{ChunkStore, PutOutcome, StoreError};
 use bytes::Bytes;
 use tokio::sync::oneshot;

@@ -26,12 +26,25 @@ pub async fn restore(
     target: &RestoreTarget,
     quiet: bool,
 ) -> Result<(RestoreStats, u64, String)> {
+    let sd = crate::snapshot_disk::open(repo, snapshot, vm, disk).await?;
+    let store: Arc<dyn ChunkStore> = repo.store.clone();
+    restore_from(store, sd, patch, target, quiet).await
+}
+
+/// Restores a loaded snapshot disk from `store`, with `patch` laid over it, to `target`.
+pub async fn restore_from(
+    store: Arc<dyn ChunkStore>,
+    sd: SnapshotDisk,
+    patch: Option<Arc<dyn Patch>>,
+    target: &RestoreTarget,
+    quiet: bool,
+) -> Result<(RestoreStats, u64, String)> {
     let SnapshotDisk {
         meta,
         disk: d,
         index,
-    } = crate::snapshot_disk::open(repo, snapshot, vm, disk).await?;
-    let store: Arc<dyn ChunkStore> = repo.store.clone();
+    } = sd;
+    let (vm, disk) = (meta.vm.as_str(), d.disk.as_str());
     let writer = open_target(target, d.size).await?;
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(
@@ -70,7 +83,25 @@ pub async fn run(repo_dir: &Path, args: RestoreArgs, json: bool) -> Result<()> {
         json,
     )
     .await?;
-    let secs = started.elapsed().as_secs_f64();
+    report(
+        &args,
+        &id,
+        size,
+        &stats,
+        started.elapsed().as_secs_f64(),
+        json,
+    )
+}
+
+/// Prints what a restore did.
+pub fn report(
+    args: &RestoreArgs,
+    id: &str,
+    size: u64,
+    stats: &RestoreStats,
+    secs: f64,
+    json: bool,
+) -> Result<()> {
     if json {
         output::json(&serde_json::json!({
             "snapshot": id,

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use bora_core::snapshot::SnapshotMeta;
+
 use crate::cli::SnapshotsArgs;
 use crate::output;
 use crate::repo::Repo;
@@ -11,6 +13,11 @@ use crate::repo::Repo;
 pub fn run(repo_dir: &Path, args: SnapshotsArgs, json: bool) -> Result<()> {
     let repo = Repo::open(repo_dir, false, None)?;
     let list = repo.catalog.list(args.vm.as_deref())?;
+    print(&list, json)
+}
+
+/// Prints snapshot records, oldest first.
+pub fn print(list: &[SnapshotMeta], json: bool) -> Result<()> {
     if json {
         let v: Vec<_> = list
             .iter()
@@ -33,7 +40,7 @@ pub fn run(repo_dir: &Path, args: SnapshotsArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("{:<18} {:<20} {:<22} disks", "ID", "VM", "TIME");
-    for m in &list {
+    for m in list {
         let disks: Vec<String> = m
             .disks
             .iter()

@@ -246,6 +246,8 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
-        Ok(Response::new(self.c.status().into()))
+        let mut view = self.c.status();
+        super::probe::storage_nodes(&mut view.members).await;
+        Ok(Response::new(view.into()))
     }
 }

@@ -533,7 +533,7 @@ async fn membership_persists_and_status_shows_the_cluster() {
         [
             ("coordinator", "c1", "up"),
             ("worker", "w1", "up"),
-            ("storage", "sn-2", "up")
+            ("storage-node", "sn-2", "down")
         ]
     );
     assert_eq!(s.members[1].pid, 42);

@@ -116,11 +116,11 @@ impl Coordinator {
         let membership = self.storage.view();
         for (id, addr) in membership.nodes {
             members.push(MemberView {
-                role: "storage",
+                role: "storage-node",
                 id,
                 addr,
                 pid: 0,
-                // The coordinator does not probe storage nodes; a member is shown as up.
+                // Probed by the Status RPC (`probe`); "up" until then.
                 state: "up",
                 hostname: String::new(),
                 leases: 0,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use bora_coordinator::placement::moves;
+use bora_core::placement::moves;
 use bora_core::store::ChunkStore;
 
 use super::*;

@@ -28,7 +28,7 @@
 use std::fmt;
 use std::num::NonZeroUsize;
 
-use bora_core::Digest;
+use crate::Digest;
 
 /// Copies of each chunk unless configured otherwise (fewer when there are fewer nodes).
 pub const DEFAULT_REPLICAS: NonZeroUsize = NonZeroUsize::MIN.saturating_add(1);

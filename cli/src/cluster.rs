@@ -1,0 +1,120 @@
+//! Talking to a running cluster (`--cluster URL[,URL...]` or `BORA_CLUSTER`): the first
+//! coordinator that answers is used. The coordinator holds the catalog and the storage
+//! membership; chunk data goes straight between this process and the storage nodes.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tonic::transport::{Channel, Endpoint};
+
+use bora_core::placement::{DEFAULT_REPLICAS, Membership, NodeId};
+use bora_core::snapshot::SnapshotMeta;
+use bora_proto::coordinator::coordinator_client::CoordinatorClient;
+use bora_proto::coordinator::{GetSnapshotRequest, ListSnapshotsRequest, MembershipRequest};
+use bora_storage_node::placed::PlacedChunkStore;
+
+/// Largest message either way: snapshot lists and status can be large.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// A connected coordinator.
+pub struct Cluster {
+    pub url: String,
+    pub client: CoordinatorClient<Channel>,
+}
+
+/// Connects to the first reachable coordinator of `urls` (comma-separated).
+pub async fn connect(urls: &str) -> Result<Cluster> {
+    let mut errors = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let url = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| anyhow!("--cluster {url}: {e}"))?
+            .connect_timeout(Duration::from_secs(3));
+        match endpoint.connect().await {
+            Ok(ch) => {
+                let client = CoordinatorClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE);
+                return Ok(Cluster { url, client });
+            }
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        bail!("--cluster is empty: give the coordinator's URL, e.g. http://127.0.0.1:7100");
+    }
+    bail!("no coordinator answers ({})", errors.join("; "))
+}
+
+/// A status error as one line.
+pub fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow!("{what}: {}", s.message())
+}
+
+impl Cluster {
+    /// The storage nodes, as the coordinator knows them.
+    pub async fn membership(&mut self) -> Result<(Membership, BTreeMap<NodeId, String>)> {
+        let m = self
+            .client
+            .membership(MembershipRequest {})
+            .await
+            .map_err(|s| status_err("storage membership", s))?
+            .into_inner();
+        let replicas = NonZeroUsize::new(m.replicas as usize).unwrap_or(DEFAULT_REPLICAS);
+        let ids = m.nodes.iter().map(|n| NodeId::from(n.id.as_str()));
+        let membership = Membership::with_nodes(replicas, ids);
+        let addrs = m
+            .nodes
+            .into_iter()
+            .map(|n| (NodeId::from(n.id.as_str()), n.addr))
+            .collect();
+        Ok((membership, addrs))
+    }
+
+    /// A chunk store over the storage nodes (reads from any live replica).
+    pub async fn store(&mut self) -> Result<Arc<PlacedChunkStore>> {
+        let (m, addrs) = self.membership().await?;
+        if m.is_empty() {
+            bail!("the cluster has no storage nodes");
+        }
+        Ok(Arc::new(PlacedChunkStore::new(m, addrs)))
+    }
+
+    pub async fn snapshots(&mut self, vm: Option<&str>) -> Result<Vec<SnapshotMeta>> {
+        let r = self
+            .client
+            .list_snapshots(ListSnapshotsRequest {
+                vm: vm.map(str::to_string),
+            })
+            .await
+            .map_err(|s| status_err("listing snapshots", s))?
+            .into_inner();
+        r.snapshot_json.iter().map(|j| parse_meta(j)).collect()
+    }
+
+    /// Snapshot `id` (or `latest`) of `vm`.
+    pub async fn snapshot(&mut self, vm: &str, id: &str) -> Result<SnapshotMeta> {
+        let r = self
+            .client
+            .get_snapshot(GetSnapshotRequest {
+                vm: vm.to_string(),
+                id: id.to_string(),
+            })
+            .await
+            .map_err(|s| status_err(&format!("snapshot {id} of vm {vm}"), s))?
+            .into_inner();
+        parse_meta(&r.snapshot_json)
+    }
+}
+
+pub fn parse_meta(json: &str) -> Result<SnapshotMeta> {
+    serde_json::from_str(json)
+        .context("the coordinator sent a snapshot record this bora cannot read")
+}

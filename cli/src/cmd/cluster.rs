@@ -1,0 +1,278 @@
+//! Commands against a running cluster (`--cluster URL`): backup of image files through the
+//! workers, snapshots, restore from the storage nodes, status, repair and storage
+//! membership. Same output as the embedded commands.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use bora_core::store::ChunkStore;
+use bora_proto::coordinator::job_status::State;
+use bora_proto::coordinator::{
+    AddStorageNodeRequest, DiskSource, RemoveStorageNodeRequest, StartBackupRequest, StatusRequest,
+    WaitJobRequest,
+};
+use bora_worker::source::image::probe;
+
+use crate::cli::{BackupArgs, RestoreArgs, SnapshotsArgs, StorageCommand};
+use crate::cluster::{Cluster, connect, parse_meta, status_err};
+use crate::cmd::backup::BackupReport;
+use crate::output;
+
+/// The chunk size of snapshots taken through a cluster.
+const CHUNK_SIZE: u32 = crate::repo::DEFAULT_CHUNK_SIZE;
+/// How long one WaitJob call waits before the CLI asks again.
+const WAIT_MS: u32 = 10_000;
+
+/// `backup --image PATH --vm NAME [--disk NAME]`: the coordinator splits the disk into
+/// ranges and the workers back them up; this waits for the commit. Disconnecting (Ctrl-C)
+/// does not cancel the job: it belongs to the coordinator and finishes there.
+pub async fn backup(urls: &str, args: BackupArgs, json: bool) -> Result<()> {
+    let started = Instant::now();
+    let (Some(image), [vm]) = (&args.image, args.vm.as_slice()) else {
+        bail!(
+            "with --cluster, backup takes --image PATH and one --vm (live VMs and --nbd run embedded for now)"
+        );
+    };
+    let image = std::path::absolute(image)
+        .with_context(|| format!("cannot resolve {}", image.display()))?;
+    let disk = match &args.disk {
+        Some(d) => d.clone(),
+        None => image
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                anyhow!(
+                    "cannot derive a disk name from {}; pass --disk",
+                    image.display()
+                )
+            })?,
+    };
+    let info = probe(&image).await?;
+    let mut c = connect(urls).await?;
+    let job = c
+        .client
+        .start_backup(StartBackupRequest {
+            vm: vm.clone(),
+            host: "images".into(),
+            chunk_size: CHUNK_SIZE,
+            disks: vec![DiskSource {
+                name: disk,
+                source: image.display().to_string(),
+                size: info.size,
+            }],
+        })
+        .await
+        .map_err(|s| status_err(&format!("backup of vm {vm}"), s))?
+        .into_inner()
+        .job;
+    let status = wait(&mut c, &job).await?;
+    match State::try_from(status.state) {
+        Ok(State::Committed) => {
+            let report = BackupReport {
+                meta: parse_meta(&status.snapshot_json)?,
+                duration_s: started.elapsed().as_secs_f64(),
+            };
+            if json {
+                output::json(&report.to_json())
+            } else {
+                report.print_human();
+                Ok(())
+            }
+        }
+        Ok(State::Cancelled) => {
+            bail!("backup job {job} of vm {vm} was cancelled; nothing was committed")
+        }
+        _ => bail!("backup job {job} of vm {vm} failed: {}", status.error),
+    }
+}
+
+/// Long-polls job `job` until it ends.
+async fn wait(c: &mut Cluster, job: &str) -> Result<bora_proto::coordinator::JobStatus> {
+    loop {
+        let s = c
+            .client
+            .wait_job(WaitJobRequest {
+                job: job.to_string(),
+                timeout_ms: WAIT_MS,
+            })
+            .await
+            .map_err(|s| status_err(&format!("job {job}"), s))?
+            .into_inner();
+        if s.state != State::Running as i32 {
+            return Ok(s);
+        }
+        tracing::info!(
+            job,
+            done = s.ranges_done,
+            total = s.ranges_total,
+            "backup running"
+        );
+    }
+}
+
+pub async fn snapshots(urls: &str, args: SnapshotsArgs, json: bool) -> Result<()> {
+    let mut c = connect(urls).await?;
+    let list = c.snapshots(args.vm.as_deref()).await?;
+    crate::cmd::snapshots::print(&list, json)
+}
+
+pub async fn restore(urls: &str, args: RestoreArgs, json: bool) -> Result<()> {
+    let started = Instant::now();
+    let target = crate::cmd::restore::parse_target(&args.to, args.format.as_deref(), args.force)?;
+    let mut c = connect(urls).await?;
+    let meta = c.snapshot(&args.vm, &args.snapshot).await?;
+    let store: Arc<dyn ChunkStore> = c.store().await?;
+    let sd = crate::snapshot_disk::open_in(store.as_ref(), meta, &args.disk).await?;
+    let (stats, size, id) =
+        crate::cmd::restore::restore_from(store, sd, None, &target, json).await?;
+    crate::cmd::restore::report(
+        &args,
+        &id,
+        size,
+        &stats,
+        started.elapsed().as_secs_f64(),
+        json,
+    )
+}
+
+pub async fn status(urls: &str, json: bool) -> Result<()> {
+    let mut c = connect(urls).await?;
+    let s = c
+        .client
+        .status(StatusRequest {})
+        .await
+        .map_err(|s| status_err("status", s))?
+        .into_inner();
+    let (membership, addrs) = c.membership().await?;
+    let ring: Vec<_> = membership
+        .nodes()
+        .map(|n| serde_json::json!({"id": n.to_string(), "addr": addrs.get(n)}))
+        .collect();
+    let state_name = |st: i32| match State::try_from(st) {
+        Ok(State::Running) => "running",
+        Ok(State::Committed) => "committed",
+        Ok(State::Failed) => "failed",
+        Ok(State::Cancelled) => "cancelled",
+        _ => "unknown",
+    };
+    let members: Vec<_> = s
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "role": m.role, "id": m.id, "addr": m.addr,
+                "pid": (m.pid != 0).then_some(m.pid), "state": m.state,
+                "hostname": m.hostname, "leases": m.leases,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "leader": s.id,
+        "members": members,
+        "ring": {"replicas": s.replicas, "copies": membership.copies(), "nodes": ring},
+        "jobs": s.jobs.iter().map(|j| serde_json::json!({
+            "job": j.job, "vm": j.vm, "state": state_name(j.state),
+            "ranges_done": j.ranges_done, "ranges_total": j.ranges_total, "error": j.error,
+        })).collect::<Vec<_>>(),
+    });
+    if json {
+        return output::json(&doc);
+    }
+    println!("coordinator {} (leader) at {}", s.id, c.url);
+    for m in &s.members {
+        println!("  {:<13} {:<14} {:<22} {}", m.role, m.id, m.addr, m.state);
+    }
+    println!(
+        "ring: {} storage nodes, {} copies of every chunk",
+        membership.len(),
+        membership.copies()
+    );
+    for j in &s.jobs {
+        println!(
+            "  job {} vm {}: {} ({}/{} ranges)",
+            j.job,
+            j.vm,
+            state_name(j.state),
+            j.ranges_done,
+            j.ranges_total
+        );
+    }
+    Ok(())
+}
+
+/// `repair`: every chunk onto each of its owners (after a node was down, or added).
+pub async fn repair(urls: &str, json: bool) -> Result<()> {
+    let started = Instant::now();
+    let mut c = connect(urls).await?;
+    let store = c.store().await?;
+    let r = bora_storage_node::repair::repair(&store).await?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        output::json(&serde_json::json!({
+            "digests_seen": r.digests_seen,
+            "copies_made": r.copies_made,
+            "bytes_copied": r.bytes_copied,
+            "copies_failed": r.copies_failed,
+            "unrecoverable": r.unrecoverable.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "nodes_unreachable": r.nodes_unreachable.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "duration_s": secs,
+        }))?;
+    } else {
+        println!(
+            "repair: {} chunks seen, {} copies made ({}), {} failed, {} unrecoverable, {} nodes unreachable, {secs:.1} s",
+            r.digests_seen,
+            r.copies_made,
+            output::bytes(r.bytes_copied),
+            r.copies_failed,
+            r.unrecoverable.len(),
+            r.nodes_unreachable.len()
+        );
+    }
+    if !r.is_complete() {
+        bail!("repair is incomplete: run it again once every storage node is up");
+    }
+    Ok(())
+}
+
+/// `storage add ID ADDR` / `storage remove ID`: change the ring, then `repair` moves the
+/// chunks the change gives to other owners.
+pub async fn storage(urls: &str, cmd: StorageCommand, json: bool) -> Result<()> {
+    let mut c = connect(urls).await?;
+    let m = match cmd {
+        StorageCommand::Add { id, addr } => c
+            .client
+            .add_storage_node(AddStorageNodeRequest {
+                id: id.clone(),
+                addr,
+            })
+            .await
+            .map_err(|s| status_err(&format!("adding storage node {id}"), s))?,
+        StorageCommand::Remove { id } => c
+            .client
+            .remove_storage_node(RemoveStorageNodeRequest { id: id.clone() })
+            .await
+            .map_err(|s| status_err(&format!("removing storage node {id}"), s))?,
+    }
+    .into_inner();
+    if json {
+        output::json(&serde_json::json!({
+            "replicas": m.replicas,
+            "nodes": m.nodes.iter().map(|n| serde_json::json!({"id": n.id, "addr": n.addr})).collect::<Vec<_>>(),
+        }))
+    } else {
+        println!(
+            "ring: {} storage nodes; run `bora repair` to move chunks to their new owners",
+            m.nodes.len()
+        );
+        Ok(())
+    }
+}
+
+/// Commands that run embedded only.
+pub fn unsupported(what: &str) -> Result<()> {
+    bail!(
+        "{what} does not run against a cluster yet; drop --cluster to run it on a local repository"
+    )
+}

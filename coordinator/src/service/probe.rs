@@ -1,0 +1,50 @@
+//! Asking each storage node whether it answers (its `Stats` RPC, 1 s), for `status`: the
+//! coordinator otherwise never talks to storage nodes.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tonic::transport::Endpoint;
+
+use bora_proto::storage::StatsRequest;
+use bora_proto::storage::storage_client::StorageClient;
+
+use super::workers::MemberView;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `(pid, chunks)` of the storage node at `addr`, or `None` when it does not answer.
+async fn probe(addr: &str) -> Option<(u32, u64)> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(PROBE_TIMEOUT)
+        .timeout(PROBE_TIMEOUT);
+    let channel = tokio::time::timeout(PROBE_TIMEOUT, endpoint.connect())
+        .await
+        .ok()?
+        .ok()?;
+    let r = StorageClient::new(channel)
+        .stats(StatsRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    Some((r.pid, r.chunks))
+}
+
+/// Fills in the state and pid of every storage node among `members`.
+pub(super) async fn storage_nodes(members: &mut [MemberView]) {
+    let nodes: Vec<&mut MemberView> = members
+        .iter_mut()
+        .filter(|m| m.role == "storage-node")
+        .collect();
+    let answers = join_all(nodes.iter().map(|m| probe(&m.addr))).await;
+    for (m, a) in nodes.into_iter().zip(answers) {
+        match a {
+            Some((pid, _)) => {
+                m.state = "up";
+                m.pid = pid;
+            }
+            None => m.state = "down",
+        }
+    }
+}
