@@ -3,6 +3,7 @@
 mod integration {
     pub mod backup_restore;
     pub mod bad_input;
+    pub mod cluster;
     pub mod crash;
     pub mod dedup;
     pub mod files;

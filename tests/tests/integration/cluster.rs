@@ -1,0 +1,434 @@
+//! The cluster as separate processes on 127.0.0.1 (`bora up`: a coordinator, workers and
+//! storage nodes, each its own process), with members killed by SIGKILL in the middle of
+//! backups: a dead worker's ranges are leased again, a dead storage node's chunks live on
+//! their other replica and come back by `repair`, a disconnected CLI does not cancel its
+//! job, and a restarted coordinator keeps every committed snapshot.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use bora_tests::*;
+
+const MIB: u64 = 1 << 20;
+
+/// A running `bora up`; SIGTERM on drop, and every extra member the test started is killed.
+struct Up {
+    child: Child,
+    url: String,
+    data: PathBuf,
+    extra: Vec<Child>,
+}
+
+impl Up {
+    /// `bora up` with 8 MiB ranges, 1.5 s leases and `args`.
+    fn start(env: &Env, args: &[&str]) -> Up {
+        let data = env.path("cluster");
+        let mut child = Command::new(bora_bin())
+            .args(["up", "--data"])
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--lease-ms", "1500"])
+            .args(["--range-bytes", &(8 * MIB).to_string()])
+            .args(args)
+            .env_remove("BORA_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run bora up");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let url = line
+            .trim()
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("bora up said {line:?}"))
+            .to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        Up {
+            child,
+            url,
+            data,
+            extra: Vec::new(),
+        }
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["--cluster", self.url.as_str()];
+        a.extend_from_slice(args);
+        a
+    }
+
+    /// The config file `bora up` wrote for `member`.
+    fn config(&self, member: &str) -> PathBuf {
+        self.data.join(member).join("config.toml")
+    }
+
+    /// Starts `bora ROLE --config` for a member again (by hand, as an operator would).
+    fn restart(&mut self, role: &str, member: &str) {
+        let mut child = Command::new(bora_bin())
+            .arg(role)
+            .arg("--config")
+            .arg(self.config(member))
+            .env_remove("BORA_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("restart member");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("started line");
+        assert!(line.starts_with("started "), "{member} said {line:?}");
+        self.extra.push(child);
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status(env: &Env, up: &Up) -> Value {
+    env.json(&up.args(&["status"]))
+}
+
+/// The member `id` of a status document.
+fn member<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no member {id} in {status}"))
+}
+
+fn kill9(pid: u64) {
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
+
+/// Waits until `f` holds (checked every 50 ms), or panics after `limit`.
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `bora --cluster URL backup --image IMG --vm VM --json` in the background.
+fn backup_in_background(env: &Env, up: &Up, img: &Path, vm: &str) -> Child {
+    Command::new(bora_bin())
+        .arg("--repo")
+        .arg(env.repo())
+        .args(up.args(&[
+            "backup",
+            "--image",
+            img.to_str().unwrap(),
+            "--vm",
+            vm,
+            "--json",
+        ]))
+        .env_remove("BORA_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bora backup")
+}
+
+fn finished(child: Child) -> Value {
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("backup JSON")
+}
+
+fn restores_to(env: &Env, up: &Up, vm: &str, disk: &str, expected: &Path) {
+    let out = env.path(&format!("restored-{vm}.raw"));
+    let _ = std::fs::remove_file(&out);
+    env.ok(&up.args(&[
+        "restore",
+        "latest",
+        "--vm",
+        vm,
+        "--disk",
+        disk,
+        "--to",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        images_identical(expected, &out),
+        "{vm} does not restore bit-exact"
+    );
+}
+
+/// A 48 MiB image: six 8 MiB ranges of data nothing else shares.
+fn image(env: &Env, name: &str, seed: u64) -> PathBuf {
+    let img = env.path(&format!("{name}.raw"));
+    raw_image(&img, 48 * MIB, &[(0, noise(48 * MIB as usize, seed))]);
+    img
+}
+
+#[test]
+fn cluster_backs_up_through_separate_processes_and_survives_a_dead_worker() {
+    let env = Env::new();
+    // 12 MiB/s per source and worker: six ranges take a few seconds, time to kill a worker.
+    let up = Up::start(
+        &env,
+        &[
+            "--workers",
+            "2",
+            "--storage-nodes",
+            "3",
+            "--read-limit",
+            "12582912",
+        ],
+    );
+    let st = status(&env, &up);
+    assert_eq!(st["leader"], "coordinator-1");
+    let roles: Vec<&str> = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "storage-node").count(),
+        3,
+        "{st}"
+    );
+    assert_eq!(roles.iter().filter(|r| **r == "worker").count(), 2, "{st}");
+    assert_eq!(roles.iter().filter(|r| **r == "coordinator").count(), 1);
+    assert!(
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["state"] == "up"),
+        "{st}"
+    );
+    assert_eq!(st["ring"]["copies"], 2);
+
+    let img = image(&env, "web", 1);
+    let backup = backup_in_background(&env, &up, &img, "web");
+    // Once worker-1 holds a lease, it dies.
+    let mut victim = 0;
+    wait_for("worker-1 to hold a range", Duration::from_secs(30), || {
+        let st = status(&env, &up);
+        let w = member(&st, "worker-1");
+        victim = w["pid"].as_u64().unwrap_or(0);
+        w["leases"].as_u64().unwrap_or(0) > 0
+    });
+    kill9(victim);
+    let r = finished(backup);
+    assert_eq!(r["disks"][0]["size"], 48 * MIB);
+    wait_for("worker-1 to show as down", Duration::from_secs(10), || {
+        member(&status(&env, &up), "worker-1")["state"] == "down"
+    });
+    restores_to(&env, &up, "web", "web", &img);
+    let list = env.json(&up.args(&["snapshots", "--vm", "web"]));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
+fn cluster_survives_a_dead_storage_node_and_repairs_it() {
+    let env = Env::new();
+    let mut up = Up::start(
+        &env,
+        &[
+            "--workers",
+            "2",
+            "--storage-nodes",
+            "3",
+            "--read-limit",
+            "12582912",
+        ],
+    );
+    let first = image(&env, "first", 2);
+    finished(backup_in_background(&env, &up, &first, "first"));
+
+    // storage-2 dies in the middle of the next backup: its chunks go to the next node.
+    let img = image(&env, "db", 3);
+    let backup = backup_in_background(&env, &up, &img, "db");
+    let pid = member(&status(&env, &up), "storage-2")["pid"]
+        .as_u64()
+        .unwrap();
+    wait_for(
+        "the backup to be under way",
+        Duration::from_secs(30),
+        || {
+            let st = status(&env, &up);
+            st["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["leases"].as_u64().unwrap_or(0) > 0)
+        },
+    );
+    kill9(pid);
+    finished(backup);
+    wait_for("storage-2 to show as down", Duration::from_secs(10), || {
+        member(&status(&env, &up), "storage-2")["state"] == "down"
+    });
+    // Both snapshots restore with storage-2 still down.
+    restores_to(&env, &up, "db", "db", &img);
+    restores_to(&env, &up, "first", "first", &first);
+    // Repair cannot finish while a member is down, and says so.
+    let err = env.fails(&up.args(&["repair"]));
+    assert!(err.contains("incomplete"), "{err}");
+
+    // storage-2 comes back (same config, same port) and gets the chunks it owns.
+    up.restart("storage-node", "storage-2");
+    wait_for("storage-2 to show as up", Duration::from_secs(10), || {
+        member(&status(&env, &up), "storage-2")["state"] == "up"
+    });
+    let r = env.json(&up.args(&["repair"]));
+    assert!(r["copies_made"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["unrecoverable"].as_array().unwrap().len(), 0, "{r}");
+    let again = env.json(&up.args(&["repair"]));
+    assert_eq!(
+        again["copies_made"], 0,
+        "a second repair moves nothing: {again}"
+    );
+
+    // Scaling out: a fourth node joins the ring; repair copies it only what it now owns.
+    let dir = env.path("cluster/storage-4");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    std::fs::write(
+        dir.join("config.toml"),
+        format!("id = \"storage-4\"\nlisten = \"{addr}\"\ndata-dir = \"data\"\n"),
+    )
+    .unwrap();
+    up.restart("storage-node", "storage-4");
+    env.ok(&up.args(&["storage", "add", "storage-4", &addr]));
+    let st = status(&env, &up);
+    assert_eq!(st["ring"]["nodes"].as_array().unwrap().len(), 4, "{st}");
+    let moved = env.json(&up.args(&["repair"]));
+    let seen = moved["digests_seen"].as_u64().unwrap();
+    let made = moved["copies_made"].as_u64().unwrap();
+    // With 4 nodes and 2 copies a new node owns about half the digests (2 of 4 slots).
+    assert!(made > 0 && made < seen, "{moved}");
+    assert_eq!(env.json(&up.args(&["repair"]))["copies_made"], 0);
+    restores_to(&env, &up, "db", "db", &img);
+}
+
+#[test]
+fn cluster_jobs_outlive_the_cli_and_snapshots_outlive_the_coordinator() {
+    let env = Env::new();
+    let mut up = Up::start(
+        &env,
+        &[
+            "--workers",
+            "2",
+            "--storage-nodes",
+            "2",
+            "--read-limit",
+            "12582912",
+        ],
+    );
+    // The CLI that started a backup is killed: the job belongs to the coordinator and
+    // finishes anyway.
+    let img = image(&env, "app", 4);
+    let mut cli = backup_in_background(&env, &up, &img, "app");
+    wait_for(
+        "the backup to be under way",
+        Duration::from_secs(30),
+        || {
+            let st = status(&env, &up);
+            st["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["vm"] == "app")
+        },
+    );
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    wait_for(
+        "the job to commit without its CLI",
+        Duration::from_secs(60),
+        || {
+            let list = env.json(&up.args(&["snapshots", "--vm", "app"]));
+            list.as_array().unwrap().len() == 1
+        },
+    );
+    restores_to(&env, &up, "app", "app", &img);
+
+    // The coordinator dies in the middle of another backup: the waiting CLI fails with a
+    // clear error, nothing half-done becomes visible, and after a restart every committed
+    // snapshot is there and backups work again.
+    let other = image(&env, "mail", 5);
+    let backup = backup_in_background(&env, &up, &other, "mail");
+    let coord = member(&status(&env, &up), "coordinator-1")["pid"]
+        .as_u64()
+        .unwrap();
+    wait_for(
+        "the second backup to be under way",
+        Duration::from_secs(30),
+        || {
+            let st = status(&env, &up);
+            st["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["vm"] == "mail")
+        },
+    );
+    kill9(coord);
+    let out = backup.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "a backup cannot commit with its coordinator dead"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    up.restart("coordinator", "coordinator-1");
+    let list = env.json(&up.args(&["snapshots"]));
+    let vms: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(vms, vec!["app"], "{list}");
+    // Workers find the restarted coordinator by themselves.
+    let r = env.json(&up.args(&["backup", "--image", other.to_str().unwrap(), "--vm", "mail"]));
+    assert_eq!(r["vm"], "mail");
+    restores_to(&env, &up, "mail", "mail", &other);
+    restores_to(&env, &up, "app", "app", &img);
+}
