@@ -5,6 +5,7 @@ mod cluster;
 mod cmd;
 mod output;
 mod progress;
+mod repair_loop;
 mod repo;
 mod snapshot_disk;
 

@@ -294,3 +294,18 @@ addr = "http://localhost:7202"
         assert!(missing.to_string().contains("/nonexistent/c.toml"));
     }
 }
+
+/// The example in deploy/cluster/ is what operators copy: it must load, with every key set.
+#[cfg(test)]
+mod deploy_example {
+    use super::*;
+
+    #[test]
+    fn the_deploy_example_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/cluster/coordinator.toml");
+        let c = CoordinatorConfig::load(&path).expect("deploy example");
+        assert_eq!(c.storage_nodes.len(), 3);
+        assert_eq!(c.per_host_limit, Some(4));
+    }
+}

@@ -204,3 +204,17 @@ mod tests {
         assert!(e.to_string().contains("absent.toml"), "{e}");
     }
 }
+
+/// The example in deploy/cluster/ is what operators copy: it must load, with every key set.
+#[cfg(test)]
+mod deploy_example {
+    use super::*;
+
+    #[test]
+    fn the_deploy_example_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/cluster/storage-node.toml");
+        let c = StorageNodeConfig::load(&path).expect("deploy example");
+        assert_eq!(c.id, "storage-1");
+    }
+}

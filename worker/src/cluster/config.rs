@@ -191,3 +191,17 @@ mod tests {
         assert!(e.contains("not HOST:PORT"), "{e}");
     }
 }
+
+/// The example in deploy/cluster/ is what operators copy: it must load, with every key set.
+#[cfg(test)]
+mod deploy_example {
+    use super::*;
+
+    #[test]
+    fn the_deploy_example_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster/worker.toml");
+        let c = WorkerConfig::load(&path).expect("deploy example");
+        assert_eq!(c.read_limit_bytes_per_s, Some(104_857_600));
+    }
+}

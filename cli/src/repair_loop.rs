@@ -1,0 +1,74 @@
+//! The coordinator process's background repair: every few seconds it checks which storage
+//! nodes answer, and whenever one joins the ring or comes back (or the coordinator has just
+//! started), it runs `repair` — copying every chunk onto each of its owners from a replica —
+//! while backups go on. `bora repair` runs the same thing on demand.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use bora_core::placement::NodeId;
+use bora_storage_node::placed::PlacedChunkStore;
+
+/// How often the storage nodes are checked.
+const CHECK_EVERY: Duration = Duration::from_secs(3);
+
+/// Runs until aborted; talks to the coordinator at `coordinator` like any client.
+pub async fn run(coordinator: SocketAddr) {
+    let url = format!("http://{coordinator}");
+    let mut answered: BTreeSet<NodeId> = BTreeSet::new();
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let store = match crate::cluster::connect(&url).await {
+            Ok(mut c) => match c.store().await {
+                Ok(s) => s,
+                Err(_) => continue,
+            },
+            Err(_) => continue,
+        };
+        let now = reachable(&store).await;
+        let joined: Vec<&NodeId> = now.difference(&answered).collect();
+        if !joined.is_empty() {
+            let names: Vec<String> = joined.iter().map(|n| n.to_string()).collect();
+            tracing::info!(nodes = %names.join(","), "storage nodes joined or came back; repairing");
+            match bora_storage_node::repair::repair(&store).await {
+                Ok(r) => {
+                    eprintln!(
+                        "repair after {} answered: {} chunks seen, {} copies made ({} bytes), {} unrecoverable",
+                        names.join(", "),
+                        r.digests_seen,
+                        r.copies_made,
+                        r.bytes_copied,
+                        r.unrecoverable.len()
+                    );
+                    if !r.is_complete() {
+                        // Try again at the next check.
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("repair failed: {e}");
+                    continue;
+                }
+            }
+        }
+        answered = now;
+    }
+}
+
+/// The members of the ring that answer a `Stats` call.
+async fn reachable(store: &PlacedChunkStore) -> BTreeSet<NodeId> {
+    let nodes: Vec<NodeId> = store.membership().nodes().cloned().collect();
+    let answers = join_all(nodes.iter().map(|n| async move {
+        let node = store.node(n).ok()?;
+        tokio::time::timeout(Duration::from_secs(1), node.stats())
+            .await
+            .ok()?
+            .ok()
+            .map(|_| n.clone())
+    }))
+    .await;
+    answers.into_iter().flatten().collect()
+}
