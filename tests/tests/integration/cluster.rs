@@ -120,8 +120,8 @@ fn auto_repair(up: &Up, node: &str) -> (u64, u64) {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             found = text
                 .lines()
-                .filter_map(|l| l.split_once(needle.as_str()).map(|(_, r)| r.to_string()))
-                .last();
+                .rev()
+                .find_map(|l| l.split_once(needle.as_str()).map(|(_, r)| r.to_string()));
             found.is_some()
         },
     );
