@@ -6,6 +6,7 @@ use anyhow::bail;
 
 use crate::cli::{Cli, Command};
 use crate::repo::default_repo_dir;
+use crate::snapshot_disk::Location;
 
 mod backup;
 mod cluster;
@@ -44,9 +45,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshots(a) => snapshots::run(&repo, a, cli.json),
         Command::Restore(a) => restore::run(&repo, a, cli.json).await,
         Command::Quickstart(a) => quickstart::run(&repo, a, cli.json).await,
-        Command::Serve(a) => serve::run(&repo, a, cli.json).await,
-        Command::CopyBack(a) => copy_back::run(&repo, a, cli.json).await,
-        Command::Files(c) => files::run(&repo, c, cli.json).await,
+        Command::Serve(a) => serve::run(&Location::Repo(&repo), a, cli.json).await,
+        Command::CopyBack(a) => copy_back::run(&Location::Repo(&repo), a, cli.json).await,
+        Command::Files(c) => files::run(&Location::Repo(&repo), c, cli.json).await,
         Command::Host(c) => host::run_host(&repo, c, cli.json).await,
         Command::Vm(c) => host::run_vm(&repo, c, cli.json).await,
         Command::Up(a) => up::run(a, cli.json).await,
@@ -74,9 +75,9 @@ async fn run_cluster(urls: &str, command: Command, json: bool) -> anyhow::Result
         Command::StorageNode(a) => members::storage_node(&a.config).await,
         Command::Init(_) => cluster::unsupported("init"),
         Command::Quickstart(_) => cluster::unsupported("quickstart"),
-        Command::Serve(_) => cluster::unsupported("serve"),
-        Command::CopyBack(_) => cluster::unsupported("copy-back"),
-        Command::Files(_) => cluster::unsupported("files"),
+        Command::Serve(a) => serve::run(&Location::Cluster(urls), a, json).await,
+        Command::CopyBack(a) => copy_back::run(&Location::Cluster(urls), a, json).await,
+        Command::Files(c) => files::run(&Location::Cluster(urls), c, json).await,
         Command::Host(_) => cluster::unsupported("host"),
         Command::Vm(_) => cluster::unsupported("vm"),
     }

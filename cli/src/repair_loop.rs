@@ -34,22 +34,26 @@ pub async fn run(coordinator: SocketAddr) {
             let names: Vec<String> = joined.iter().map(|n| n.to_string()).collect();
             tracing::info!(nodes = %names.join(","), "storage nodes joined or came back; repairing");
             match bora_storage_node::repair::repair(&store).await {
+                Ok(r) if r.is_complete() => eprintln!(
+                    "repair after {} answered: {} chunks seen, {} copies made ({} bytes), {} unrecoverable",
+                    names.join(", "),
+                    r.digests_seen,
+                    r.copies_made,
+                    r.bytes_copied,
+                    r.unrecoverable.len()
+                ),
                 Ok(r) => {
+                    // A member is still unreachable: try again at the next check.
                     eprintln!(
-                        "repair after {} answered: {} chunks seen, {} copies made ({} bytes), {} unrecoverable",
-                        names.join(", "),
-                        r.digests_seen,
+                        "repair incomplete ({} copies made, {} failed, {} nodes unreachable); retrying",
                         r.copies_made,
-                        r.bytes_copied,
-                        r.unrecoverable.len()
+                        r.copies_failed,
+                        r.nodes_unreachable.len()
                     );
-                    if !r.is_complete() {
-                        // Try again at the next check.
-                        continue;
-                    }
+                    continue;
                 }
                 Err(e) => {
-                    eprintln!("repair failed: {e}");
+                    eprintln!("repair failed: {e}; retrying");
                     continue;
                 }
             }

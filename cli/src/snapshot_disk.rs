@@ -50,3 +50,45 @@ pub async fn open_in(
         index,
     })
 }
+
+/// Where a command finds snapshots: the local repository, or a cluster.
+pub enum Location<'a> {
+    Repo(&'a std::path::Path),
+    Cluster(&'a str),
+}
+
+/// A snapshot disk opened for reading, with the store its chunks come from. Holds the
+/// repository (and so its lock) for as long as it lives.
+pub struct Opened {
+    pub sd: SnapshotDisk,
+    pub store: Arc<dyn ChunkStore>,
+    /// The local repository, if that is where it came from.
+    pub repo: Option<Repo>,
+}
+
+/// Opens disk `disk` of snapshot `snapshot` (an id or `latest`) of `vm` at `loc`.
+pub async fn open_at(loc: &Location<'_>, snapshot: &str, vm: &str, disk: &str) -> Result<Opened> {
+    match loc {
+        Location::Repo(dir) => {
+            let repo = Repo::open(dir, false, None)?;
+            let sd = open(&repo, snapshot, vm, disk).await?;
+            let store: Arc<dyn ChunkStore> = repo.store.clone();
+            Ok(Opened {
+                sd,
+                store,
+                repo: Some(repo),
+            })
+        }
+        Location::Cluster(urls) => {
+            let mut c = crate::cluster::connect(urls).await?;
+            let meta = c.snapshot(vm, snapshot).await?;
+            let store: Arc<dyn ChunkStore> = c.store().await?;
+            let sd = open_in(store.as_ref(), meta, disk).await?;
+            Ok(Opened {
+                sd,
+                store,
+                repo: None,
+            })
+        }
+    }
+}

@@ -3,7 +3,6 @@
 //! VM wrote while it ran from the backup, is written onto a real disk (file, block device
 //! or NBD export); then the VM can be started from there and the overlay removed.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,29 +12,21 @@ use bora_worker::restore::Patch;
 use bora_worker::serve::SavedOverlay;
 
 use crate::cli::CopyBackArgs;
-use crate::cmd::restore::{parse_target, restore};
+use crate::cmd::restore::{parse_target, restore_from};
 use crate::output;
-use crate::repo::Repo;
+use crate::snapshot_disk::{Location, open_at};
 
-pub async fn run(repo_dir: &Path, args: CopyBackArgs, json: bool) -> Result<()> {
+pub async fn run(loc: &Location<'_>, args: CopyBackArgs, json: bool) -> Result<()> {
     let started = Instant::now();
     let target = parse_target(&args.to, args.format.as_deref(), args.force)?;
     let overlay = SavedOverlay::open(&args.overlay)?;
     let h = overlay.header().clone();
     let overlay_bytes = overlay.bytes_written();
-    let repo = Repo::open(repo_dir, false, None)?;
+    let opened = open_at(loc, &h.snapshot, &h.vm, &h.disk).await?;
     let patch: Arc<dyn Patch> = Arc::new(overlay);
-    let (stats, size, id) = restore(
-        &repo,
-        &h.snapshot,
-        &h.vm,
-        &h.disk,
-        Some(patch),
-        &target,
-        json,
-    )
-    .await
-    .with_context(|| format!("copy-back of overlay {}", args.overlay.display()))?;
+    let (stats, size, id) = restore_from(opened.store, opened.sd, Some(patch), &target, json)
+        .await
+        .with_context(|| format!("copy-back of overlay {}", args.overlay.display()))?;
     let secs = started.elapsed().as_secs_f64();
     if json {
         output::json(&serde_json::json!({

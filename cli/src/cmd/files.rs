@@ -1,34 +1,30 @@
 //! `bora files ls|get`: file systems read straight out of a snapshot.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use bora_core::store::ChunkStore;
 use bora_worker::files::{self, EntryKind};
 use bora_worker::snapshot_reader::{SnapshotReader, default_cache_chunks};
 
 use crate::cli::{FilesCommand, FilesTarget};
 use crate::output;
-use crate::repo::Repo;
+use crate::snapshot_disk::{Location, Opened, open_at};
 
 /// The snapshot's disk as a random-access reader, and a name for it in errors.
-async fn open(repo: &Repo, t: &FilesTarget) -> Result<(Arc<SnapshotReader>, String)> {
-    let sd = crate::snapshot_disk::open(repo, &t.snapshot, &t.vm, &t.disk).await?;
-    let store: Arc<dyn ChunkStore> = repo.store.clone();
+async fn open(loc: &Location<'_>, t: &FilesTarget) -> Result<(Arc<SnapshotReader>, String)> {
+    let Opened { sd, store, .. } = open_at(loc, &t.snapshot, &t.vm, &t.disk).await?;
     let what = format!("snapshot {} disk {}", sd.meta.id, t.disk);
     let cache = default_cache_chunks(sd.index.chunk_size());
     let reader = SnapshotReader::new(store, Arc::new(sd.index), cache);
     Ok((Arc::new(reader), what))
 }
 
-pub async fn run(repo_dir: &Path, cmd: FilesCommand, json: bool) -> Result<()> {
+pub async fn run(loc: &Location<'_>, cmd: FilesCommand, json: bool) -> Result<()> {
     files::quiet_guarded_panics();
-    let repo = Repo::open(repo_dir, false, None)?;
     match cmd {
         FilesCommand::Ls { target, path } => {
-            let (reader, what) = open(&repo, &target).await?;
+            let (reader, what) = open(loc, &target).await?;
             let path = path.as_deref().unwrap_or("/");
             let listing = files::list(&reader, target.partition, path)
                 .await
@@ -53,7 +49,7 @@ pub async fn run(repo_dir: &Path, cmd: FilesCommand, json: bool) -> Result<()> {
             Ok(())
         }
         FilesCommand::Get { target, path, to } => {
-            let (reader, what) = open(&repo, &target).await?;
+            let (reader, what) = open(loc, &target).await?;
             let report = files::get(&reader, target.partition, &path, &to)
                 .await
                 .with_context(|| format!("{what}: get {path}"))?;

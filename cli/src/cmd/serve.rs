@@ -5,26 +5,21 @@
 //! authentication here. The only stdout line is the URL (or `--json` object) once serving.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
-use bora_core::store::ChunkStore;
 use bora_worker::serve::{Export, ListenAddr, Server};
 use bora_worker::snapshot_reader::{SnapshotReader, default_cache_chunks};
 
 use crate::cli::ServeArgs;
-use crate::repo::Repo;
-use crate::snapshot_disk::SnapshotDisk;
+use crate::snapshot_disk::{Location, Opened, SnapshotDisk, open_at};
 
-pub async fn run(repo_dir: &Path, args: ServeArgs, json: bool) -> Result<()> {
+pub async fn run(loc: &Location<'_>, args: ServeArgs, json: bool) -> Result<()> {
     let listen = ListenAddr::parse(&args.listen)?;
-    let repo = Repo::open(repo_dir, false, None)?;
-    let SnapshotDisk { meta, disk, index } =
-        crate::snapshot_disk::open(&repo, &args.snapshot, &args.vm, &args.disk).await?;
-    let store: Arc<dyn ChunkStore> = repo.store.clone();
+    let Opened { sd, store, repo } = open_at(loc, &args.snapshot, &args.vm, &args.disk).await?;
+    let SnapshotDisk { meta, disk, index } = sd;
     let chunk_size = index.chunk_size();
     let reader = Arc::new(SnapshotReader::new(
         store,
@@ -36,7 +31,11 @@ pub async fn run(repo_dir: &Path, args: ServeArgs, json: bool) -> Result<()> {
     if let Some(dir) = &args.overlay {
         export = export.writable_saved(dir, meta.id.as_str())?;
     } else if args.writable {
-        let dir = repo.dir.join("scratch");
+        // A throwaway overlay lives in the repository's scratch space, or the system's.
+        let dir = match &repo {
+            Some(r) => r.dir.join("scratch"),
+            None => std::env::temp_dir(),
+        };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         export = export.writable(&dir)?;

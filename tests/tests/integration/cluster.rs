@@ -111,7 +111,9 @@ impl Drop for Up {
 /// Waits for the coordinator's own repair after `node` answered; `(chunks seen, copies)`.
 fn auto_repair(up: &Up, node: &str) -> (u64, u64) {
     let log = up.data.join("coordinator-1/log");
-    let needle = format!("repair after {node} answered: ");
+    // "repair after storage-1, storage-2 answered: ..." (every node that joined since the
+    // last complete repair).
+    let needle = " answered: ";
     let mut found = None;
     wait_for(
         &format!("the coordinator to repair {node}"),
@@ -121,7 +123,8 @@ fn auto_repair(up: &Up, node: &str) -> (u64, u64) {
             found = text
                 .lines()
                 .rev()
-                .find_map(|l| l.split_once(needle.as_str()).map(|(_, r)| r.to_string()));
+                .filter(|l| l.starts_with("repair after ") && l.contains(node))
+                .find_map(|l| l.split_once(needle).map(|(_, r)| r.to_string()));
             found.is_some()
         },
     );
@@ -281,6 +284,31 @@ fn cluster_backs_up_through_separate_processes_and_survives_a_dead_worker() {
     restores_to(&env, &up, "web", "web", &img);
     let list = env.json(&up.args(&["snapshots", "--vm", "web"]));
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    // The snapshot served over NBD straight from the storage nodes: QEMU sees the image.
+    let sock = env.path("serve.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut serve = Command::new(bora_bin())
+        .args(up.args(&[
+            "serve", "latest", "--vm", "web", "--disk", "web", "--listen", &listen,
+        ]))
+        .env_remove("BORA_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("bora serve");
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("serving ")
+        .expect("serving line")
+        .to_string();
+    assert!(raw_identical(&img, &url), "served snapshot differs");
+    serve.kill().unwrap();
+    serve.wait().unwrap();
 }
 
 #[test]
