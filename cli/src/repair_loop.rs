@@ -1,9 +1,10 @@
 //! The coordinator process's background repair: every few seconds it checks which storage
-//! nodes answer, and whenever one joins the ring or comes back (or the coordinator has just
-//! started), it runs `repair` — copying every chunk onto each of its owners from a replica —
-//! while backups go on. `bora repair` runs the same thing on demand.
+//! nodes answer (and with which process id), and whenever one joins the ring, comes back or
+//! restarted — even between two checks — (or the coordinator has just started), it runs
+//! `repair`, copying every chunk onto each of its owners from a replica, while backups go
+//! on. `bora repair` runs the same thing on demand.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,9 +17,10 @@ use bora_storage_node::placed::PlacedChunkStore;
 const CHECK_EVERY: Duration = Duration::from_secs(3);
 
 /// Runs until aborted; talks to the coordinator at `coordinator` like any client.
-pub async fn run(coordinator: SocketAddr) {
+pub async fn run(coordinator: SocketAddr, cluster: String) {
     let url = format!("http://{coordinator}");
-    let mut answered: BTreeSet<NodeId> = BTreeSet::new();
+    // The nodes that answered at the last complete repair, with their process ids.
+    let mut answered: BTreeMap<NodeId, u32> = BTreeMap::new();
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         let store = match crate::cluster::connect(&url).await {
@@ -28,8 +30,13 @@ pub async fn run(coordinator: SocketAddr) {
             },
             Err(_) => continue,
         };
-        let now = reachable(&store).await;
-        let joined: Vec<&NodeId> = now.difference(&answered).collect();
+        let now = reachable(&store, &cluster).await;
+        tracing::debug!(answering = ?now, before = ?answered, "storage nodes checked");
+        let joined: Vec<&NodeId> = now
+            .iter()
+            .filter(|(n, pid)| answered.get(*n) != Some(*pid))
+            .map(|(n, _)| n)
+            .collect();
         if !joined.is_empty() {
             let names: Vec<String> = joined.iter().map(|n| n.to_string()).collect();
             tracing::info!(nodes = %names.join(","), "storage nodes joined or came back; repairing");
@@ -62,8 +69,9 @@ pub async fn run(coordinator: SocketAddr) {
     }
 }
 
-/// The members of the ring that answer a `Stats` call.
-async fn reachable(store: &PlacedChunkStore) -> BTreeSet<NodeId> {
+/// The members of the ring that answer a `Stats` call as themselves, in `cluster`, with
+/// their process ids.
+async fn reachable(store: &PlacedChunkStore, cluster: &str) -> BTreeMap<NodeId, u32> {
     let nodes: Vec<NodeId> = store.membership().nodes().cloned().collect();
     let answers = join_all(nodes.iter().map(|n| async move {
         let node = store.node(n).ok()?;
@@ -71,7 +79,9 @@ async fn reachable(store: &PlacedChunkStore) -> BTreeSet<NodeId> {
             .await
             .ok()?
             .ok()
-            .map(|_| n.clone())
+            // Another node answering at this address (a port reused) does not count.
+            .filter(|s| s.node_id == n.to_string() && s.cluster == cluster)
+            .map(|s| (n.clone(), s.pid))
     }))
     .await;
     answers.into_iter().flatten().collect()

@@ -48,6 +48,11 @@ pub struct CoordinatorConfig {
     /// membership (`membership.json`) and the lease epoch (`epoch.json`). Created if
     /// missing.
     pub data_dir: PathBuf,
+    /// The cluster's name (default none). A storage node whose config names another
+    /// cluster is not taken for a member, even at a member's address (a port reused after
+    /// a crash, another cluster on the same machine). `bora up` sets a random one.
+    #[serde(default)]
+    pub cluster: Option<String>,
     /// Copies wanted of each chunk. Default 2; while there are fewer storage nodes, every
     /// node holds a copy (min(replicas, nodes)).
     #[serde(default)]
@@ -125,6 +130,7 @@ impl CoordinatorConfig {
             per_host_limit: None,
             range_bytes: default_range_bytes(),
             storage_nodes: Vec::new(),
+            cluster: None,
         }
     }
 

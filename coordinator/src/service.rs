@@ -114,6 +114,7 @@ pub async fn bind(
         range_bytes: config.range_bytes,
     });
     let coordinator = Coordinator {
+        cluster: config.cluster.clone().unwrap_or_default(),
         id: config.id.clone(),
         addr,
         lease_ms: config.lease_ms,

@@ -31,6 +31,11 @@ pub struct StorageNodeConfig {
     /// created if missing. A relative path is taken relative to the directory of the
     /// config file.
     pub data_dir: PathBuf,
+    /// The cluster's name (default none). A storage node whose config names another
+    /// cluster is not taken for a member, even at a member's address (a port reused after
+    /// a crash, another cluster on the same machine). `bora up` sets a random one.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// A setting that is not acceptable.

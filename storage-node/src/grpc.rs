@@ -31,12 +31,25 @@ pub const MAX_LIST_LIMIT: u32 = 65_536;
 #[derive(Clone)]
 pub struct StorageService {
     store: Arc<dyn NodeStore>,
+    id: String,
+    cluster: String,
 }
 
 impl StorageService {
     /// A service over `store` (in production a [`crate::LocalChunkStore`]).
     pub fn new(store: Arc<dyn NodeStore>) -> StorageService {
-        StorageService { store }
+        StorageService {
+            store,
+            id: String::new(),
+            cluster: String::new(),
+        }
+    }
+
+    /// Names the node and its cluster in `Stats` answers (from its config).
+    pub fn with_identity(mut self, id: &str, cluster: &str) -> StorageService {
+        self.id = id.to_string();
+        self.cluster = cluster.to_string();
+        self
     }
 
     /// The tonic server for this service, with message limits sized for chunk batches.
@@ -178,6 +191,8 @@ impl Storage for StorageService {
             chunks: stats.chunks,
             bytes_stored: stats.bytes_stored,
             pid: std::process::id(),
+            node_id: self.id.clone(),
+            cluster: self.cluster.clone(),
         }))
     }
 }

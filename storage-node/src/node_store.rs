@@ -17,12 +17,18 @@ pub struct DigestPage {
 }
 
 /// Exact counts of what a node holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
     /// Chunks indexed.
     pub chunks: u64,
     /// Record bytes (chunk header + payload) of those chunks.
     pub bytes_stored: u64,
+    /// The node's id as it names itself over gRPC (empty in-process).
+    pub node_id: String,
+    /// The cluster it belongs to ("" if unnamed).
+    pub cluster: String,
+    /// The node's process id (0 in-process): a new one means the node restarted.
+    pub pid: u32,
 }
 
 /// A storage node's chunk store, as the gRPC service serves it.

@@ -73,6 +73,7 @@ pub enum ServiceError {
 /// A storage node whose store is open and whose address is bound, not serving yet.
 pub struct BoundStorageNode {
     id: String,
+    cluster: Option<String>,
     store: Arc<LocalChunkStore>,
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -134,6 +135,7 @@ pub async fn bind(config: &StorageNodeConfig) -> Result<BoundStorageNode, Servic
     })?;
     Ok(BoundStorageNode {
         id,
+        cluster: config.cluster.clone(),
         store: Arc::new(store),
         listener,
         local_addr,
@@ -159,6 +161,7 @@ impl BoundStorageNode {
         let span = tracing::info_span!("storage_node", id = %self.id, addr = %self.local_addr);
         let BoundStorageNode {
             id,
+            cluster,
             store,
             listener,
             local_addr,
@@ -172,7 +175,11 @@ impl BoundStorageNode {
                 Ok::<_, std::io::Error>(conn)
             });
             tonic::transport::Server::builder()
-                .add_service(StorageService::new(store).into_server())
+                .add_service(
+                    StorageService::new(store)
+                        .with_identity(&id, cluster.as_deref().unwrap_or_default())
+                        .into_server(),
+                )
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
                 .map_err(|source| ServiceError::Serve {
@@ -200,6 +207,7 @@ mod tests {
             id: "sn-test".into(),
             listen: listen.into(),
             data_dir: dir.join("node"),
+            cluster: None,
         }
     }
 

@@ -237,6 +237,9 @@ impl NodeStore for LocalChunkStore {
         Ok(NodeStats {
             chunks: stats.chunks,
             bytes_stored: stats.record_bytes,
+            node_id: String::new(),
+            cluster: String::new(),
+            pid: 0,
         })
     }
 }

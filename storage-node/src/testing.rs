@@ -83,6 +83,7 @@ impl TestNode {
             id: self.id.0.clone(),
             listen: self.addr.to_string(),
             data_dir: self.dir.path().join("data"),
+            cluster: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! workers, snapshots, restore from the storage nodes, status, repair and storage
 //! membership. Same output as the embedded commands.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use bora_proto::coordinator::{
     AddStorageNodeRequest, DiskSource, RemoveStorageNodeRequest, StartBackupRequest, StatusRequest,
     WaitJobRequest,
 };
+use bora_worker::nbd::{NbdClient, parse_nbd_url};
 use bora_worker::source::image::probe;
 
 use crate::cli::{BackupArgs, RestoreArgs, SnapshotsArgs, StorageCommand};
@@ -25,31 +27,39 @@ const CHUNK_SIZE: u32 = crate::repo::DEFAULT_CHUNK_SIZE;
 /// How long one WaitJob call waits before the CLI asks again.
 const WAIT_MS: u32 = 10_000;
 
-/// `backup --image PATH --vm NAME [--disk NAME]`: the coordinator splits the disk into
+/// `backup --image PATH | --nbd URL --vm NAME [--disk NAME]`: the coordinator splits the disk into
 /// ranges and the workers back them up; this waits for the commit. Disconnecting (Ctrl-C)
 /// does not cancel the job: it belongs to the coordinator and finishes there.
 pub async fn backup(urls: &str, args: BackupArgs, json: bool) -> Result<()> {
     let started = Instant::now();
-    let (Some(image), [vm]) = (&args.image, args.vm.as_slice()) else {
+    let [vm] = args.vm.as_slice() else {
         bail!(
-            "with --cluster, backup takes --image PATH and one --vm (live VMs and --nbd run embedded for now)"
+            "with --cluster, backup takes one --vm with --image or --nbd (live VMs by name run embedded for now)"
         );
     };
-    let image = std::path::absolute(image)
-        .with_context(|| format!("cannot resolve {}", image.display()))?;
-    let disk = match &args.disk {
-        Some(d) => d.clone(),
-        None => image
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                anyhow!(
-                    "cannot derive a disk name from {}; pass --disk",
-                    image.display()
-                )
-            })?,
+    let (disk, source, size) = match (&args.image, &args.nbd) {
+        (Some(image), None) => image_source(image, args.disk.as_deref()).await?,
+        (None, Some(url)) => {
+            if args.bitmap.is_some() {
+                bail!(
+                    "with --cluster, --nbd backups are full: drop --bitmap (incrementals run embedded for now)"
+                );
+            }
+            let disk = args
+                .disk
+                .clone()
+                .ok_or_else(|| anyhow!("--nbd needs --disk NAME"))?;
+            // The workers read the export; its size comes from one look at it here.
+            let (addr, export) = parse_nbd_url(url).map_err(|e| anyhow!(e))?;
+            let client = NbdClient::connect(&addr, &export, &[])
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            let size = client.size();
+            let _ = client.disconnect().await;
+            (disk, url.clone(), size)
+        }
+        _ => bail!("backup needs --image PATH or --nbd URL"),
     };
-    let info = probe(&image).await?;
     let mut c = connect(urls).await?;
     let job = c
         .client
@@ -59,8 +69,8 @@ pub async fn backup(urls: &str, args: BackupArgs, json: bool) -> Result<()> {
             chunk_size: CHUNK_SIZE,
             disks: vec![DiskSource {
                 name: disk,
-                source: image.display().to_string(),
-                size: info.size,
+                source,
+                size,
             }],
         })
         .await
@@ -86,6 +96,27 @@ pub async fn backup(urls: &str, args: BackupArgs, json: bool) -> Result<()> {
         }
         _ => bail!("backup job {job} of vm {vm} failed: {}", status.error),
     }
+}
+
+/// An image file as a cluster source: `(disk name, absolute path, size)`. The workers open
+/// it, so it must be at the same path on every worker (shared storage).
+async fn image_source(image: &Path, disk: Option<&str>) -> Result<(String, String, u64)> {
+    let image = std::path::absolute(image)
+        .with_context(|| format!("cannot resolve {}", image.display()))?;
+    let disk = match disk {
+        Some(d) => d.to_string(),
+        None => image
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                anyhow!(
+                    "cannot derive a disk name from {}; pass --disk",
+                    image.display()
+                )
+            })?,
+    };
+    let info = probe(&image).await?;
+    Ok((disk, image.display().to_string(), info.size))
 }
 
 /// Long-polls job `job` until it ends.
@@ -164,7 +195,7 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
             serde_json::json!({
                 "role": m.role, "id": m.id, "addr": m.addr,
                 "pid": (m.pid != 0).then_some(m.pid), "state": m.state,
-                "hostname": m.hostname, "leases": m.leases,
+                "hostname": m.hostname, "leases": m.leases, "chunks": m.chunks,
             })
         })
         .collect();
@@ -182,7 +213,15 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
     }
     println!("coordinator {} (leader) at {}", s.id, c.url);
     for m in &s.members {
-        println!("  {:<13} {:<14} {:<22} {}", m.role, m.id, m.addr, m.state);
+        let extra = match m.role.as_str() {
+            "storage-node" => format!("{} chunks", m.chunks),
+            "worker" => format!("{} ranges", m.leases),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<13} {:<14} {:<22} {:<5} {extra}",
+            m.role, m.id, m.addr, m.state
+        );
     }
     println!(
         "ring: {} storage nodes, {} copies of every chunk",

@@ -87,7 +87,10 @@ pub async fn coordinator(config: &Path) -> Result<()> {
     let stores: bora_coordinator::service::StoreFactory = Arc::new(placed_store);
     let bound = bora_coordinator::service::bind(&cfg, stores).await?;
     announce(&format!("coordinator {} on {}", cfg.id, bound.local_addr()))?;
-    let repairs = tokio::spawn(crate::repair_loop::run(bound.local_addr()));
+    let repairs = tokio::spawn(crate::repair_loop::run(
+        bound.local_addr(),
+        cfg.cluster.clone().unwrap_or_default(),
+    ));
     let served = bound.run(stop).await;
     repairs.abort();
     served?;

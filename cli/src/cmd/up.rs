@@ -259,6 +259,9 @@ async fn start_members(
     replicas: u32,
     members: &mut Vec<Member>,
 ) -> Result<()> {
+    // A name of its own, so no member takes another cluster's node for one of its own.
+    let name = format!("up-{}", bora_core::snapshot::SnapshotId::random());
+    let cluster = name.as_str();
     let mut nodes = String::new();
     for (i, addr) in plan.storage.iter().enumerate() {
         let id = format!("storage-{}", i + 1);
@@ -266,8 +269,9 @@ async fn start_members(
         let config = write_config(
             &dir,
             &format!(
-                "# bora storage node (written by `bora up`)\nid = {}\nlisten = {}\ndata-dir = {}\n",
+                "# bora storage node (written by `bora up`)\nid = {}\ncluster = {}\nlisten = {}\ndata-dir = {}\n",
                 toml_str(&id),
+                toml_str(cluster),
                 toml_str(&addr.to_string()),
                 path_str(&dir.join("data")),
             ),
@@ -286,9 +290,10 @@ async fn start_members(
     let config = write_config(
         &cdir,
         &format!(
-            "# bora coordinator (written by `bora up`)\nid = {}\nlisten = {}\ndata-dir = {}\n\
+            "# bora coordinator (written by `bora up`)\nid = {}\ncluster = {}\nlisten = {}\ndata-dir = {}\n\
              replicas = {replicas}\nlease-ms = {lease_ms}\nrange-bytes = {range_bytes}\n{nodes}",
             toml_str(cid),
+            toml_str(cluster),
             toml_str(&plan.coordinator.to_string()),
             path_str(&cdir.join("data")),
         ),

@@ -247,7 +247,7 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
         let mut view = self.c.status();
-        super::probe::storage_nodes(&mut view.members).await;
+        super::probe::storage_nodes(&self.c.cluster, &mut view.members).await;
         Ok(Response::new(view.into()))
     }
 }

@@ -13,8 +13,9 @@ use super::workers::MemberView;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `(pid, chunks)` of the storage node at `addr`, or `None` when it does not answer.
-async fn probe(addr: &str) -> Option<(u32, u64)> {
+/// `(pid, chunks)` of storage node `id` of `cluster` at `addr`, or `None` when it does not
+/// answer (or another node answers there: a port reused after a crash).
+async fn probe(cluster: &str, id: &str, addr: &str) -> Option<(u32, u64)> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(PROBE_TIMEOUT)
@@ -28,21 +29,22 @@ async fn probe(addr: &str) -> Option<(u32, u64)> {
         .await
         .ok()?
         .into_inner();
-    Some((r.pid, r.chunks))
+    (r.node_id == id && r.cluster == cluster).then_some((r.pid, r.chunks))
 }
 
-/// Fills in the state and pid of every storage node among `members`.
-pub(super) async fn storage_nodes(members: &mut [MemberView]) {
+/// Fills in the state and pid of every storage node of `cluster` among `members`.
+pub(super) async fn storage_nodes(cluster: &str, members: &mut [MemberView]) {
     let nodes: Vec<&mut MemberView> = members
         .iter_mut()
         .filter(|m| m.role == "storage-node")
         .collect();
-    let answers = join_all(nodes.iter().map(|m| probe(&m.addr))).await;
+    let answers = join_all(nodes.iter().map(|m| probe(cluster, &m.id, &m.addr))).await;
     for (m, a) in nodes.into_iter().zip(answers) {
         match a {
-            Some((pid, _)) => {
+            Some((pid, chunks)) => {
                 m.state = "up";
                 m.pid = pid;
+                m.chunks = chunks;
             }
             None => m.state = "down",
         }

@@ -56,6 +56,8 @@ pub(super) struct Core {
 /// Everything the request handlers and the background tasks share.
 pub(super) struct Coordinator {
     pub(super) id: String,
+    /// The cluster's name ("" if none): storage nodes must name the same.
+    pub(super) cluster: String,
     pub(super) addr: SocketAddr,
     pub(super) lease_ms: u64,
     pub(super) epoch: Epoch,

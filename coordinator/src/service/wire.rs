@@ -277,6 +277,7 @@ impl From<StatusView> for pb::StatusResponse {
                     state: m.state.into(),
                     hostname: m.hostname,
                     leases: m.leases,
+                    chunks: m.chunks,
                 })
                 .collect(),
             replicas: s.replicas,

@@ -33,6 +33,8 @@ pub(super) struct MemberView {
     pub(super) state: &'static str,
     pub(super) hostname: String,
     pub(super) leases: u32,
+    /// Storage nodes: chunks stored, from the probe.
+    pub(super) chunks: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +95,7 @@ impl Coordinator {
             state: "up",
             hostname: hostname(),
             leases: 0,
+            chunks: 0,
         }];
         {
             let core = self.core();
@@ -110,6 +113,7 @@ impl Coordinator {
                     state: if up { "up" } else { "down" },
                     hostname: w.hostname.clone(),
                     leases: held.get(id).copied().unwrap_or(0),
+                    chunks: 0,
                 });
             }
         }
@@ -124,6 +128,7 @@ impl Coordinator {
                 state: "up",
                 hostname: String::new(),
                 leases: 0,
+                chunks: 0,
             });
         }
         StatusView {

@@ -235,6 +235,9 @@ impl GrpcChunkStore {
         Ok(NodeStats {
             chunks: r.chunks,
             bytes_stored: r.bytes_stored,
+            node_id: r.node_id,
+            cluster: r.cluster,
+            pid: r.pid,
         })
     }
 

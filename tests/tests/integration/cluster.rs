@@ -108,27 +108,38 @@ impl Drop for Up {
     }
 }
 
-/// Waits for the coordinator's own repair after `node` answered; `(chunks seen, copies)`.
-fn auto_repair(up: &Up, node: &str) -> (u64, u64) {
+/// Bytes in the coordinator's log so far.
+fn log_len(up: &Up) -> usize {
+    std::fs::read(up.data.join("coordinator-1/log")).map_or(0, |t| t.len())
+}
+
+/// Waits for the coordinator's own repair after `node` answered (logged after byte `since`
+/// of its log); `(chunks seen, copies)`.
+fn auto_repair(up: &Up, node: &str, since: usize) -> (u64, u64) {
     let log = up.data.join("coordinator-1/log");
     // "repair after storage-1, storage-2 answered: ..." (every node that joined since the
     // last complete repair).
     let needle = " answered: ";
-    let mut found = None;
-    wait_for(
-        &format!("the coordinator to repair {node}"),
-        Duration::from_secs(30),
-        || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            found = text
-                .lines()
-                .rev()
-                .filter(|l| l.starts_with("repair after ") && l.contains(node))
-                .find_map(|l| l.split_once(needle).map(|(_, r)| r.to_string()));
-            found.is_some()
-        },
-    );
-    let line = found.unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text
+            .get(since..)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .filter(|l| l.starts_with("repair after ") && l.contains(node))
+            .find_map(|l| l.split_once(needle).map(|(_, r)| r.to_string()));
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator did not repair {node} (after byte {since} of its log); its log ends:\n{}",
+            text.get(text.len().saturating_sub(6000)..).unwrap_or(&text)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     // "N chunks seen, M copies made (B bytes), U unrecoverable"
     let nums: Vec<u64> = line
         .split(|c: char| !c.is_ascii_digit())
@@ -240,6 +251,17 @@ fn cluster_backs_up_through_separate_processes_and_survives_a_dead_worker() {
             "12582912",
         ],
     );
+    // Workers register with their first lease request, just after they start.
+    wait_for("both workers to register", Duration::from_secs(20), || {
+        let st = status(&env, &up);
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "worker")
+            .count()
+            == 2
+    });
     let st = status(&env, &up);
     assert_eq!(st["leader"], "coordinator-1");
     let roles: Vec<&str> = st["members"]
@@ -360,8 +382,9 @@ fn cluster_survives_a_dead_storage_node_and_repairs_it() {
 
     // storage-2 comes back (same config, same port); the coordinator notices and repairs
     // by itself: storage-2 gets the chunks it owns that were written while it was down.
+    let since = log_len(&up);
     up.restart("storage-node", "storage-2");
-    let (seen, made) = auto_repair(&up, "storage-2");
+    let (seen, made) = auto_repair(&up, "storage-2", since);
     assert!(made > 0 && made < seen, "{made} copies of {seen} chunks");
     let again = env.json(&up.args(&["repair"]));
     assert_eq!(again["copies_made"], 0, "nothing left to repair: {again}");
@@ -372,6 +395,13 @@ fn cluster_survives_a_dead_storage_node_and_repairs_it() {
     );
 
     // Scaling out: a fourth node joins the ring; repair copies it only what it now owns.
+    // It belongs to this cluster: the `cluster = ...` line of the coordinator's config.
+    let coordinator_config = std::fs::read_to_string(up.config("coordinator-1")).unwrap();
+    let cluster = coordinator_config
+        .lines()
+        .find(|l| l.starts_with("cluster = "))
+        .expect("bora up names its cluster")
+        .to_string();
     let dir = env.path("cluster/storage-4");
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -382,14 +412,18 @@ fn cluster_survives_a_dead_storage_node_and_repairs_it() {
     let addr = format!("127.0.0.1:{port}");
     std::fs::write(
         dir.join("config.toml"),
-        format!("id = \"storage-4\"\nlisten = \"{addr}\"\ndata-dir = \"data\"\n"),
+        format!("id = \"storage-4\"\n{cluster}\nlisten = \"{addr}\"\ndata-dir = \"data\"\n"),
     )
     .unwrap();
+    let since = log_len(&up);
     up.restart("storage-node", "storage-4");
     env.ok(&up.args(&["storage", "add", "storage-4", &addr]));
     let st = status(&env, &up);
     assert_eq!(st["ring"]["nodes"].as_array().unwrap().len(), 4, "{st}");
-    let (seen, made) = auto_repair(&up, "storage-4");
+    let (seen, made) = auto_repair(&up, "storage-4", since);
+    // status shows the move: the new node holds exactly what repair copied to it.
+    let st = status(&env, &up);
+    assert_eq!(member(&st, "storage-4")["chunks"], made, "{st}");
     // With 4 nodes and 2 copies a new node owns about half the digests (2 of 4 slots).
     assert!(
         made > seen / 4 && made < seen * 3 / 4,
@@ -486,4 +520,24 @@ fn cluster_jobs_outlive_the_cli_and_snapshots_outlive_the_coordinator() {
     assert_eq!(r["vm"], "mail");
     restores_to(&env, &up, "mail", "mail", &other);
     restores_to(&env, &up, "app", "app", &img);
+
+    // An NBD export (someone else froze the disk) backed up through the workers.
+    let qcow = env.path("exported.qcow2");
+    qcow2_from_raw(&other, &qcow);
+    let sock = env.path("export.sock");
+    let mut qn = Command::new("qemu-nbd")
+        .args(["-r", "-t", "--shared=16", "-f", "qcow2", "-x", "d0", "-k"])
+        .arg(&sock)
+        .arg(&qcow)
+        .spawn()
+        .expect("qemu-nbd");
+    wait_for("qemu-nbd's socket", Duration::from_secs(10), || {
+        sock.exists()
+    });
+    let url = format!("nbd+unix:///d0?socket={}", sock.display());
+    let r = env.json(&up.args(&["backup", "--nbd", &url, "--vm", "exported", "--disk", "d0"]));
+    let _ = qn.kill();
+    let _ = qn.wait();
+    assert_eq!(r["disks"][0]["size"], 48 * MIB, "{r}");
+    restores_to(&env, &up, "exported", "d0", &other);
 }
