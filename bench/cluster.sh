@@ -33,9 +33,13 @@
 # and the source slot idles meanwhile. Storage nodes add no read capacity: with 1 worker,
 # 3 storage nodes should run at the 1 x 1 speed, a bit slower with replicas 2 (twice the
 # bytes to send and write makes every tail longer). With 3 workers the tails are where a
-# 2-core machine runs out: six ranges end their reads together and all compress, send,
-# verify and fsync at once, on the same 2 cores; at READ_LIMIT_MIB=20 they fit and the
-# scaling gets close to 2.67x.
+# 2-core machine runs out: the six ranges of a round end their reads together and all
+# compress, send, verify and fsync at once on the same 2 cores (sampled every 100 ms, the
+# CPU alternates ~0.4 s at 95-100% with ~0.5 s nearly idle), so a range takes ~1.0 s
+# instead of ~0.75 s, and the scaling is about 2.67 x (1-worker range s / 3-worker
+# range s): ~2.0-2.3x at 40 MiB/s, ~2.4x at READ_LIMIT_MIB=20 (the same tails, longer
+# reads). Idle workers poll for leases with a backoff of up to 1 s: "1st lease" is that
+# wait, paid once per run.
 #
 # gRPC bytes per stored byte:
 #   gRPC     TCP payload the workers sent to the storage nodes (tcp_info bytes_sent minus
