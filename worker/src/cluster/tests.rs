@@ -247,14 +247,27 @@ async fn two_workers_back_up_two_disks_into_one_snapshot_that_restores() {
         "repeated blocks are stored once: {stats:?}"
     );
 
-    let status = coord.status().await;
-    let workers: Vec<_> = status
-        .members
-        .iter()
-        .filter(|m| m.role == "worker")
-        .map(|m| (m.id.as_str(), m.state.as_str()))
-        .collect();
-    assert_eq!(workers, [("w1", "up"), ("w2", "up")]);
+    // w2 registers once it has moved past its dead first coordinator, which may be after
+    // w1 did all the work.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = coord.status().await;
+        let workers: Vec<_> = status
+            .members
+            .iter()
+            .filter(|m| m.role == "worker")
+            .map(|m| (m.id.clone(), m.state.clone()))
+            .collect();
+        if workers.len() == 2 || tokio::time::Instant::now() > deadline {
+            let workers: Vec<(&str, &str)> = workers
+                .iter()
+                .map(|(i, s)| (i.as_str(), s.as_str()))
+                .collect();
+            assert_eq!(workers, [("w1", "up"), ("w2", "up")]);
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         status
             .members
