@@ -182,7 +182,7 @@ async fn back_up(
         source,
         store,
         seen: job.seen.clone(),
-        opts: PipelineOptions::default(),
+        opts: range_options(r.range.length),
         progress: Arc::new(Progress::default()),
     };
     worker
@@ -294,5 +294,18 @@ mod tests {
             let e = LeasedRange::try_from(bad).unwrap_err();
             assert!(e.contains(needle) && e.contains("lease 9"), "{needle}: {e}");
         }
+    }
+}
+
+/// Pipeline tuning for one leased range: batches of at most a quarter of the range (4 MiB
+/// to the default 32 MiB), so a small range is compressed and uploaded while the rest of
+/// it is still being read, instead of all at once at its end (which made the ranges of a
+/// round compete for the CPU in bursts).
+fn range_options(range_bytes: u64) -> PipelineOptions {
+    let d = PipelineOptions::default();
+    let quarter = usize::try_from(range_bytes / 4).unwrap_or(usize::MAX);
+    PipelineOptions {
+        batch_bytes: quarter.clamp(4 << 20, d.batch_bytes),
+        ..d
     }
 }
