@@ -225,6 +225,19 @@ where
     }
 }
 
+/// Pipeline tuning for one leased range: batches of at most a quarter of the range (4 MiB
+/// to the default 32 MiB), so a small range is compressed and uploaded while the rest of
+/// it is still being read, instead of all at once at its end (which made the ranges of a
+/// round compete for the CPU in bursts).
+fn range_options(range_bytes: u64) -> PipelineOptions {
+    let d = PipelineOptions::default();
+    let quarter = usize::try_from(range_bytes / 4).unwrap_or(usize::MAX);
+    PipelineOptions {
+        batch_bytes: quarter.clamp(4 << 20, d.batch_bytes),
+        ..d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,17 +308,11 @@ mod tests {
             assert!(e.contains(needle) && e.contains("lease 9"), "{needle}: {e}");
         }
     }
-}
 
-/// Pipeline tuning for one leased range: batches of at most a quarter of the range (4 MiB
-/// to the default 32 MiB), so a small range is compressed and uploaded while the rest of
-/// it is still being read, instead of all at once at its end (which made the ranges of a
-/// round compete for the CPU in bursts).
-fn range_options(range_bytes: u64) -> PipelineOptions {
-    let d = PipelineOptions::default();
-    let quarter = usize::try_from(range_bytes / 4).unwrap_or(usize::MAX);
-    PipelineOptions {
-        batch_bytes: quarter.clamp(4 << 20, d.batch_bytes),
-        ..d
+    #[test]
+    fn small_ranges_get_smaller_batches() {
+        assert_eq!(range_options(32 << 20).batch_bytes, 8 << 20);
+        assert_eq!(range_options(4 << 20).batch_bytes, 4 << 20);
+        assert_eq!(range_options(1 << 30).batch_bytes, 32 << 20);
     }
 }
