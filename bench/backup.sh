@@ -27,25 +27,10 @@ W=${BENCH_DIR:-$(mktemp -d /var/tmp/bora-bench.XXXXXX)}
 mkdir -p "$W"
 trap 'rm -rf "$W"' EXIT
 IMG=$W/mixed.raw
-echo "generating a ${SIZE_MIB} MiB dense mixed image..." >&2
-python3 bench/gen_image.py "$IMG" "$SIZE_MIB"
-cat "$IMG" > /dev/null
+. bench/common.sh
+mixed_image "$IMG" "$SIZE_MIB"
 BYTES=$(stat -c %s "$IMG")
 
-now() { date +%s.%N; }
-# best of RUNS wall-clock seconds of "$@" (setup by the caller's reset function)
-best() {
-  local reset=$1; shift
-  local best=""
-  for _ in $(seq "$RUNS"); do
-    $reset
-    local t0 t1 t
-    t0=$(now); "$@" > /dev/null 2>"$W/err" || { cat "$W/err" >&2; exit 1; }; t1=$(now)
-    t=$(echo "$t1 - $t0" | bc -l)
-    if [ -z "$best" ] || [ "$(echo "$t < $best" | bc -l)" = 1 ]; then best=$t; fi
-  done
-  echo "$best"
-}
 
 reset_zstd() { rm -f "$W/out.zst"; sync; }
 reset_restic() { rm -rf "$W/restic"; RESTIC_PASSWORD=bench restic init --repo "$W/restic" >/dev/null 2>&1; sync; }

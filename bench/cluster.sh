@@ -107,7 +107,7 @@ cat "$W"/img/*.raw > /dev/null
 IMG_BYTES=$(stat -c %s "$W/img/vm1.raw")
 TOTAL=$((4 * IMG_BYTES))
 
-now() { date +%s.%N; }
+. bench/common.sh
 
 # Dies with the member logs' last lines (the reason a backup failed is usually there),
 # and the error again under them.

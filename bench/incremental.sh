@@ -42,7 +42,7 @@ trap 'exit 130' INT TERM
 export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$W/restic-cache
 BORA() { "$BORA_BIN" --repo "$W/bora" "$@"; }
 LIVE="nbd+unix:///live?socket=$W/nbd.sock"
-now() { date +%s.%N; }
+. bench/common.sh
 elapsed() { echo "$2 - $1" | bc -l; }
 # runs "$@" with stdout to $W/out, stderr to $W/err (shown on failure); sets T (seconds)
 T=""

@@ -32,25 +32,10 @@ cleanup() {
 }
 trap cleanup EXIT
 IMG=$W/mixed.raw
-echo "generating a ${SIZE_MIB} MiB dense mixed image..." >&2
-python3 bench/gen_image.py "$IMG" "$SIZE_MIB"
-cat "$IMG" > /dev/null
+. bench/common.sh
+mixed_image "$IMG" "$SIZE_MIB"
 BYTES=$(stat -c %s "$IMG")
 
-now() { date +%s.%N; }
-# best of RUNS wall-clock seconds of "$@", calling the reset function $1 before each
-best() {
-  local reset=$1; shift
-  local best=""
-  for _ in $(seq "$RUNS"); do
-    $reset
-    local t0 t1 t
-    t0=$(now); "$@" > /dev/null 2>"$W/err" || { cat "$W/err" >&2; exit 1; }; t1=$(now)
-    t=$(echo "$t1 - $t0" | bc -l)
-    if [ -z "$best" ] || [ "$(echo "$t < $best" | bc -l)" = 1 ]; then best=$t; fi
-  done
-  echo "$best"
-}
 mbps() { echo "scale=0; $BYTES / $1 / 1048576" | bc -l; }
 bora() { "$BORA_BIN" --repo "$W/bora" "$@"; }
 

@@ -43,7 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup(a) => backup::run(&repo, a, cli.json).await,
         Command::Snapshots(a) => snapshots::run(&repo, a, cli.json),
-        Command::Restore(a) => restore::run(&repo, a, cli.json).await,
+        Command::Restore(a) => restore::run(&Location::Repo(&repo), a, cli.json).await,
         Command::Quickstart(a) => quickstart::run(&repo, a, cli.json).await,
         Command::Serve(a) => serve::run(&Location::Repo(&repo), a, cli.json).await,
         Command::CopyBack(a) => copy_back::run(&Location::Repo(&repo), a, cli.json).await,
@@ -65,7 +65,7 @@ async fn run_cluster(urls: &str, command: Command, json: bool) -> anyhow::Result
     match command {
         Command::Backup(a) => cluster::backup(urls, a, json).await,
         Command::Snapshots(a) => cluster::snapshots(urls, a, json).await,
-        Command::Restore(a) => cluster::restore(urls, a, json).await,
+        Command::Restore(a) => restore::run(&Location::Cluster(urls), a, json).await,
         Command::Status => cluster::status(urls, json).await,
         Command::Repair => cluster::repair(urls, json).await,
         Command::Storage(c) => cluster::storage(urls, c, json).await,

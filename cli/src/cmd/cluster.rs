@@ -3,12 +3,10 @@
 //! membership. Same output as the embedded commands.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use bora_core::store::ChunkStore;
 use bora_proto::coordinator::job_status::State;
 use bora_proto::coordinator::{
     AddStorageNodeRequest, DiskSource, RemoveStorageNodeRequest, StartBackupRequest, StatusRequest,
@@ -17,7 +15,7 @@ use bora_proto::coordinator::{
 use bora_worker::nbd::{NbdClient, parse_nbd_url};
 use bora_worker::source::image::probe;
 
-use crate::cli::{BackupArgs, RestoreArgs, SnapshotsArgs, StorageCommand};
+use crate::cli::{BackupArgs, SnapshotsArgs, StorageCommand};
 use crate::cluster::{Cluster, connect, parse_meta, status_err};
 use crate::cmd::backup::BackupReport;
 use crate::output;
@@ -147,25 +145,6 @@ pub async fn snapshots(urls: &str, args: SnapshotsArgs, json: bool) -> Result<()
     let mut c = connect(urls).await?;
     let list = c.snapshots(args.vm.as_deref()).await?;
     crate::cmd::snapshots::print(&list, json)
-}
-
-pub async fn restore(urls: &str, args: RestoreArgs, json: bool) -> Result<()> {
-    let started = Instant::now();
-    let target = crate::cmd::restore::parse_target(&args.to, args.format.as_deref(), args.force)?;
-    let mut c = connect(urls).await?;
-    let meta = c.snapshot(&args.vm, &args.snapshot).await?;
-    let store: Arc<dyn ChunkStore> = c.store().await?;
-    let sd = crate::snapshot_disk::open_in(store.as_ref(), meta, &args.disk).await?;
-    let (stats, size, id) =
-        crate::cmd::restore::restore_from(store, sd, None, &target, json).await?;
-    crate::cmd::restore::report(
-        &args,
-        &id,
-        size,
-        &stats,
-        started.elapsed().as_secs_f64(),
-        json,
-    )
 }
 
 pub async fn status(urls: &str, json: bool) -> Result<()> {

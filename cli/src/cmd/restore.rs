@@ -1,6 +1,5 @@
 //! `bora restore SNAP --vm NAME --disk NAME --to TARGET [--format raw|qcow2]`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use crate::cli::RestoreArgs;
 use crate::output;
 use crate::progress::Bar;
 use crate::repo::Repo;
-use crate::snapshot_disk::SnapshotDisk;
+use crate::snapshot_disk::{Location, SnapshotDisk, open_at};
 
 /// Restores one disk of a snapshot, with `patch` laid over it, to `target`.
 pub async fn restore(
@@ -69,20 +68,12 @@ pub fn parse_target(to: &str, format: Option<&str>, force: bool) -> Result<Resto
     RestoreTarget::parse(to, format, force).map_err(|e| anyhow!(e))
 }
 
-pub async fn run(repo_dir: &Path, args: RestoreArgs, json: bool) -> Result<()> {
+/// `restore`, from the local repository or a cluster.
+pub async fn run(loc: &Location<'_>, args: RestoreArgs, json: bool) -> Result<()> {
     let started = Instant::now();
-    let repo = Repo::open(repo_dir, false, None)?;
     let target = parse_target(&args.to, args.format.as_deref(), args.force)?;
-    let (stats, size, id) = restore(
-        &repo,
-        &args.snapshot,
-        &args.vm,
-        &args.disk,
-        None,
-        &target,
-        json,
-    )
-    .await?;
+    let opened = open_at(loc, &args.snapshot, &args.vm, &args.disk).await?;
+    let (stats, size, id) = restore_from(opened.store, opened.sd, None, &target, json).await?;
     report(
         &args,
         &id,

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -201,7 +201,7 @@ pub async fn run(args: UpArgs, json: bool) -> Result<()> {
         );
     }
     let plan = plan(&args.listen, args.storage_nodes)?;
-    if !is_loopback(plan.coordinator.ip()) {
+    if !plan.coordinator.ip().is_loopback() {
         eprintln!(
             "warning: the cluster listens on {}, reachable from other machines; its gRPC \
              has no authentication yet",
@@ -319,10 +319,6 @@ async fn start_members(
         members.push(start("worker", &id, &dir, &config).await?);
     }
     Ok(())
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.is_loopback()
 }
 
 /// `$XDG_DATA_HOME/bora-cluster` (next to the embedded repository).

@@ -180,6 +180,21 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the backup job of `vm` runs with ranges still to do.
+fn wait_running(env: &Env, up: &Up, vm: &str) {
+    wait_for(
+        &format!("the backup of {vm} to be under way"),
+        Duration::from_secs(30),
+        || {
+            status(env, up)["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["vm"] == vm && j["state"] == "running")
+        },
+    );
+}
+
 /// `bora --cluster URL backup --image IMG --vm VM --json` in the background.
 fn backup_in_background(env: &Env, up: &Up, img: &Path, vm: &str) -> Child {
     Command::new(bora_bin())
@@ -356,18 +371,7 @@ fn cluster_survives_a_dead_storage_node_and_repairs_it() {
     let pid = member(&status(&env, &up), "storage-2")["pid"]
         .as_u64()
         .unwrap();
-    wait_for(
-        "the backup to be under way",
-        Duration::from_secs(30),
-        || {
-            let st = status(&env, &up);
-            st["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["leases"].as_u64().unwrap_or(0) > 0)
-        },
-    );
+    wait_running(&env, &up, "db");
     kill9(pid);
     finished(backup);
     wait_for("storage-2 to show as down", Duration::from_secs(10), || {
@@ -451,18 +455,7 @@ fn cluster_jobs_outlive_the_cli_and_snapshots_outlive_the_coordinator() {
     // finishes anyway.
     let img = image(&env, "app", 4);
     let mut cli = backup_in_background(&env, &up, &img, "app");
-    wait_for(
-        "the backup to be under way",
-        Duration::from_secs(30),
-        || {
-            let st = status(&env, &up);
-            st["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|j| j["vm"] == "app")
-        },
-    );
+    wait_running(&env, &up, "app");
     cli.kill().unwrap();
     cli.wait().unwrap();
     wait_for(
@@ -483,18 +476,7 @@ fn cluster_jobs_outlive_the_cli_and_snapshots_outlive_the_coordinator() {
     let coord = member(&status(&env, &up), "coordinator-1")["pid"]
         .as_u64()
         .unwrap();
-    wait_for(
-        "the second backup to be under way",
-        Duration::from_secs(30),
-        || {
-            let st = status(&env, &up);
-            st["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|j| j["vm"] == "mail")
-        },
-    );
+    wait_running(&env, &up, "mail");
     kill9(coord);
     let out = backup.wait_with_output().unwrap();
     assert!(
