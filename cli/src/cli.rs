@@ -70,6 +70,12 @@ pub enum Command {
     /// The cluster's storage nodes (needs --cluster).
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// End a running backup job without a commit (needs --cluster; `status` lists jobs).
+    /// A live VM's disks are released and its changes kept for the next backup.
+    Cancel {
+        /// The job id (the id of the snapshot it would have committed).
+        job: String,
+    },
 }
 
 #[derive(Subcommand)]

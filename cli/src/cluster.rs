@@ -20,6 +20,7 @@ use bora_storage_node::placed::PlacedChunkStore;
 const MAX_MESSAGE: usize = 64 << 20;
 
 /// A connected coordinator.
+#[derive(Clone)]
 pub struct Cluster {
     pub url: String,
     pub client: CoordinatorClient<Channel>,

@@ -44,7 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(a) => backup::run(&repo, a, cli.json).await,
         Command::Snapshots(a) => snapshots::run(&repo, a, cli.json),
         Command::Restore(a) => restore::run(&Location::Repo(&repo), a, cli.json).await,
-        Command::Quickstart(a) => quickstart::run(&repo, a, cli.json).await,
+        Command::Quickstart(a) => quickstart::run(&Location::Repo(&repo), a, cli.json).await,
         Command::Serve(a) => serve::run(&Location::Repo(&repo), a, cli.json).await,
         Command::CopyBack(a) => copy_back::run(&Location::Repo(&repo), a, cli.json).await,
         Command::Files(c) => files::run(&Location::Repo(&repo), c, cli.json).await,
@@ -54,7 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(a) => members::coordinator(&a.config).await,
         Command::Worker(a) => members::worker(&a.config).await,
         Command::StorageNode(a) => members::storage_node(&a.config).await,
-        Command::Status | Command::Repair | Command::Storage(_) => {
+        Command::Status | Command::Repair | Command::Storage(_) | Command::Cancel { .. } => {
             bail!("this command needs --cluster URL (or BORA_CLUSTER)")
         }
     }
@@ -73,12 +73,13 @@ async fn run_cluster(urls: &str, command: Command, json: bool) -> anyhow::Result
         Command::Coordinator(a) => members::coordinator(&a.config).await,
         Command::Worker(a) => members::worker(&a.config).await,
         Command::StorageNode(a) => members::storage_node(&a.config).await,
-        Command::Init(_) => cluster::unsupported("init"),
-        Command::Quickstart(_) => cluster::unsupported("quickstart"),
+        Command::Init(a) => cluster::init(urls, a, json).await,
+        Command::Cancel { job } => cluster::cancel(urls, &job, json).await,
+        Command::Quickstart(a) => quickstart::run(&Location::Cluster(urls), a, json).await,
         Command::Serve(a) => serve::run(&Location::Cluster(urls), a, json).await,
         Command::CopyBack(a) => copy_back::run(&Location::Cluster(urls), a, json).await,
         Command::Files(c) => files::run(&Location::Cluster(urls), c, json).await,
-        Command::Host(_) => cluster::unsupported("host"),
-        Command::Vm(_) => cluster::unsupported("vm"),
+        Command::Host(c) => cluster::host(urls, c, json).await,
+        Command::Vm(c) => cluster::vm(urls, c, json).await,
     }
 }

@@ -23,8 +23,7 @@ use bora_core::index::check_chunk_size;
 use bora_storage_node::LocalChunkStore;
 
 pub const REPO_FORMAT_VERSION: u32 = 1;
-/// Default chunk size: chosen by benchmark, see docs/chunk-size.md.
-pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
+pub use bora_core::index::DEFAULT_CHUNK_SIZE;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

@@ -10,6 +10,7 @@ pub mod config;
 mod fsutil;
 pub mod inventory;
 pub mod lease;
+pub mod live;
 /// Chunk placement lives in core (storage nodes and workers use it too).
 pub use bora_core::placement;
 pub mod planner;

@@ -38,6 +38,7 @@ mod error;
 mod grpc;
 mod jobs;
 mod leases;
+mod live_jobs;
 mod probe;
 mod state;
 mod storage;
@@ -47,13 +48,13 @@ mod workers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
@@ -66,7 +67,9 @@ pub use storage::StoreFactory;
 
 use crate::catalog::Catalog;
 use crate::config::CoordinatorConfig;
+use crate::inventory::Inventory;
 use crate::lease::{JobCommit, LeaseConfig, LeaseTable};
+use crate::live::LiveVms;
 use epoch::Epoch;
 use state::{Clock, Coordinator, Core};
 
@@ -93,6 +96,7 @@ pub async fn bind(
     })?;
     let lock = lock_data_dir(dir)?;
     let catalog = Catalog::open(dir)?;
+    let inventory = Inventory::open(dir)?;
     let epoch = Epoch::next(dir)?;
     let storage = storage::Storage::open(config, stores)?;
     let listener =
@@ -126,8 +130,11 @@ pub async fn bind(
             ended: VecDeque::new(),
             workers: BTreeMap::new(),
             next_seq: 0,
+            preparing: HashSet::new(),
         }),
         catalog: Arc::new(catalog),
+        inventory: Arc::new(inventory),
+        live: OnceLock::new(),
         commit_lock: tokio::sync::Mutex::new(()),
         storage,
         expiry: Notify::new(),
@@ -147,6 +154,12 @@ impl BoundCoordinator {
     /// The address bound (with the port chosen when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Lets this coordinator back up live VMs of registered hosts through `live`.
+    pub fn with_live_vms(self, live: Arc<dyn LiveVms>) -> BoundCoordinator {
+        let _ = self.coordinator.live.set(live);
+        self
     }
 
     /// Serves until `shutdown` resolves: then stops accepting requests, answers pending

@@ -23,6 +23,9 @@ pub const PIECE_ENTRIES: usize = 4096;
 /// Chunk sizes a repository may use.
 pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// The chunk size of new repositories and of cluster snapshots: chosen by benchmark, see
+/// docs/chunk-size.md.
+pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
 
 /// Why an index could not be built or decoded.
 #[derive(Debug, thiserror::Error)]

@@ -55,6 +55,16 @@ pub enum NbdAddr {
     Tcp(String),
 }
 
+impl NbdAddr {
+    /// The URL of export `export` here, as [`parse_nbd_url`] reads it.
+    pub fn url(&self, export: &str) -> String {
+        match self {
+            NbdAddr::Unix(p) => format!("nbd+unix:///{export}?socket={}", p.display()),
+            NbdAddr::Tcp(hp) => format!("nbd://{hp}/{export}"),
+        }
+    }
+}
+
 impl fmt::Display for NbdAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -18,13 +18,14 @@ use bora_worker::pipeline::{PipelineOptions, SeenDigests, SourceWorker};
 use bora_worker::source::BlockSource;
 
 use crate::cli::BackupArgs;
-use crate::output;
+
 use crate::progress::Bar;
 use crate::repo::Repo;
 
 mod image;
-mod nbd;
-mod report;
+pub mod live;
+pub mod nbd;
+pub mod report;
 pub mod vm;
 
 pub use image::backup_image;
@@ -38,6 +39,27 @@ pub enum Mode {
     Incremental { base: String },
     /// Every allocated chunk, deduplicated; why no incremental was possible.
     Full { reason: String },
+}
+
+impl Mode {
+    /// What a snapshot records of a disk read in this mode; `next_bitmap` is the bitmap
+    /// the next backup starts from.
+    pub fn cbt(self, next_bitmap: Option<String>) -> CbtRecord {
+        match self {
+            Mode::Incremental { base } => CbtRecord {
+                mode: "incremental".into(),
+                reason: None,
+                base: Some(base),
+                bitmap: next_bitmap,
+            },
+            Mode::Full { reason } => CbtRecord {
+                mode: "full".into(),
+                reason: Some(reason),
+                base: None,
+                bitmap: next_bitmap,
+            },
+        }
+    }
 }
 
 /// One disk to back up.
@@ -102,20 +124,7 @@ pub async fn backup_disks(
                 d.source_desc
             )
         })?;
-        snap.cbt = Some(match d.mode {
-            Mode::Incremental { base } => CbtRecord {
-                mode: "incremental".into(),
-                reason: None,
-                base: Some(base),
-                bitmap: d.next_bitmap,
-            },
-            Mode::Full { reason } => CbtRecord {
-                mode: "full".into(),
-                reason: Some(reason),
-                base: None,
-                bitmap: d.next_bitmap,
-            },
-        });
+        snap.cbt = Some(d.mode.cbt(d.next_bitmap));
         snaps.push(snap);
     }
     bar.finish();
@@ -155,17 +164,5 @@ pub async fn run(repo_dir: &Path, args: BackupArgs, json: bool) -> Result<()> {
         }
         (Some(_), Some(_)) => bail!("give either --image or --nbd, not both"),
     };
-    if json {
-        match reports.as_slice() {
-            [one] => output::json(&one.to_json()),
-            many => output::json(&serde_json::Value::Array(
-                many.iter().map(BackupReport::to_json).collect(),
-            )),
-        }
-    } else {
-        for r in &reports {
-            r.print_human();
-        }
-        Ok(())
-    }
+    report::print_all(&reports, json)
 }

@@ -2,142 +2,34 @@
 //! workers, snapshots, restore from the storage nodes, status, repair and storage
 //! membership. Same output as the embedded commands.
 
-use std::path::Path;
+mod backup;
+mod hosts;
+
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 
 use bora_proto::coordinator::job_status::State;
 use bora_proto::coordinator::{
-    AddStorageNodeRequest, DiskSource, RemoveStorageNodeRequest, StartBackupRequest, StatusRequest,
-    WaitJobRequest,
+    AddStorageNodeRequest, CancelJobRequest, RemoveStorageNodeRequest, StatusRequest,
 };
-use bora_worker::nbd::{NbdClient, parse_nbd_url};
-use bora_worker::source::image::probe;
 
-use crate::cli::{BackupArgs, SnapshotsArgs, StorageCommand};
-use crate::cluster::{Cluster, connect, parse_meta, status_err};
-use crate::cmd::backup::BackupReport;
+use crate::cli::{InitArgs, SnapshotsArgs, StorageCommand};
+use crate::cluster::{connect, status_err};
 use crate::output;
+use crate::repo::DEFAULT_CHUNK_SIZE;
 
-/// The chunk size of snapshots taken through a cluster.
-const CHUNK_SIZE: u32 = crate::repo::DEFAULT_CHUNK_SIZE;
-/// How long one WaitJob call waits before the CLI asks again.
-const WAIT_MS: u32 = 10_000;
+pub use backup::{backup, backup_image};
+pub use hosts::{host, vm};
 
-/// `backup --image PATH | --nbd URL --vm NAME [--disk NAME]`: the coordinator splits the disk into
-/// ranges and the workers back them up; this waits for the commit. Disconnecting (Ctrl-C)
-/// does not cancel the job: it belongs to the coordinator and finishes there.
-pub async fn backup(urls: &str, args: BackupArgs, json: bool) -> Result<()> {
-    let started = Instant::now();
-    let [vm] = args.vm.as_slice() else {
-        bail!(
-            "with --cluster, backup takes one --vm with --image or --nbd (live VMs by name run embedded for now)"
-        );
-    };
-    let (disk, source, size) = match (&args.image, &args.nbd) {
-        (Some(image), None) => image_source(image, args.disk.as_deref()).await?,
-        (None, Some(url)) => {
-            if args.bitmap.is_some() {
-                bail!(
-                    "with --cluster, --nbd backups are full: drop --bitmap (incrementals run embedded for now)"
-                );
-            }
-            let disk = args
-                .disk
-                .clone()
-                .ok_or_else(|| anyhow!("--nbd needs --disk NAME"))?;
-            // The workers read the export; its size comes from one look at it here.
-            let (addr, export) = parse_nbd_url(url).map_err(|e| anyhow!(e))?;
-            let client = NbdClient::connect(&addr, &export, &[])
-                .await
-                .with_context(|| format!("cannot reach {url}"))?;
-            let size = client.size();
-            let _ = client.disconnect().await;
-            (disk, url.clone(), size)
-        }
-        _ => bail!("backup needs --image PATH or --nbd URL"),
-    };
-    let mut c = connect(urls).await?;
-    let job = c
-        .client
-        .start_backup(StartBackupRequest {
-            vm: vm.clone(),
-            host: "images".into(),
-            chunk_size: CHUNK_SIZE,
-            disks: vec![DiskSource {
-                name: disk,
-                source,
-                size,
-            }],
-        })
-        .await
-        .map_err(|s| status_err(&format!("backup of vm {vm}"), s))?
-        .into_inner()
-        .job;
-    let status = wait(&mut c, &job).await?;
-    match State::try_from(status.state) {
-        Ok(State::Committed) => {
-            let report = BackupReport {
-                meta: parse_meta(&status.snapshot_json)?,
-                duration_s: started.elapsed().as_secs_f64(),
-            };
-            if json {
-                output::json(&report.to_json())
-            } else {
-                report.print_human();
-                Ok(())
-            }
-        }
-        Ok(State::Cancelled) => {
-            bail!("backup job {job} of vm {vm} was cancelled; nothing was committed")
-        }
-        _ => bail!("backup job {job} of vm {vm} failed: {}", status.error),
-    }
-}
-
-/// An image file as a cluster source: `(disk name, absolute path, size)`. The workers open
-/// it, so it must be at the same path on every worker (shared storage).
-async fn image_source(image: &Path, disk: Option<&str>) -> Result<(String, String, u64)> {
-    let image = std::path::absolute(image)
-        .with_context(|| format!("cannot resolve {}", image.display()))?;
-    let disk = match disk {
-        Some(d) => d.to_string(),
-        None => image
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                anyhow!(
-                    "cannot derive a disk name from {}; pass --disk",
-                    image.display()
-                )
-            })?,
-    };
-    let info = probe(&image).await?;
-    Ok((disk, image.display().to_string(), info.size))
-}
-
-/// Long-polls job `job` until it ends.
-async fn wait(c: &mut Cluster, job: &str) -> Result<bora_proto::coordinator::JobStatus> {
-    loop {
-        let s = c
-            .client
-            .wait_job(WaitJobRequest {
-                job: job.to_string(),
-                timeout_ms: WAIT_MS,
-            })
-            .await
-            .map_err(|s| status_err(&format!("job {job}"), s))?
-            .into_inner();
-        if s.state != State::Running as i32 {
-            return Ok(s);
-        }
-        tracing::info!(
-            job,
-            done = s.ranges_done,
-            total = s.ranges_total,
-            "backup running"
-        );
+/// A job state as `status` and `cancel` print it.
+fn state_name(st: i32) -> &'static str {
+    match State::try_from(st) {
+        Ok(State::Running) => "running",
+        Ok(State::Committed) => "committed",
+        Ok(State::Failed) => "failed",
+        Ok(State::Cancelled) => "cancelled",
+        _ => "unknown",
     }
 }
 
@@ -160,13 +52,6 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
         .nodes()
         .map(|n| serde_json::json!({"id": n.to_string(), "addr": addrs.get(n)}))
         .collect();
-    let state_name = |st: i32| match State::try_from(st) {
-        Ok(State::Running) => "running",
-        Ok(State::Committed) => "committed",
-        Ok(State::Failed) => "failed",
-        Ok(State::Cancelled) => "cancelled",
-        _ => "unknown",
-    };
     let members: Vec<_> = s
         .members
         .iter()
@@ -289,8 +174,63 @@ pub async fn storage(urls: &str, cmd: StorageCommand, json: bool) -> Result<()> 
 }
 
 /// Commands that run embedded only.
-pub fn unsupported(what: &str) -> Result<()> {
-    bail!(
-        "{what} does not run against a cluster yet; drop --cluster to run it on a local repository"
-    )
+/// `init --cluster`: a cluster's repository is made by its members when they start;
+/// this checks the cluster can take backups and reports what its snapshots use.
+pub async fn init(urls: &str, args: InitArgs, json: bool) -> Result<()> {
+    if let Some(cs) = args.chunk_size.filter(|cs| *cs != DEFAULT_CHUNK_SIZE) {
+        bail!(
+            "a cluster's snapshots use {} chunks; --chunk-size {cs} is for a local repository",
+            output::bytes(u64::from(DEFAULT_CHUNK_SIZE))
+        );
+    }
+    let mut c = connect(urls).await?;
+    let (membership, _) = c.membership().await?;
+    let nodes = membership.nodes().count();
+    if nodes == 0 {
+        bail!(
+            "the cluster at {} has no storage nodes: add one with bora storage add ID ADDR",
+            c.url
+        );
+    }
+    if json {
+        output::json(&serde_json::json!({
+            "cluster": c.url,
+            "chunk_size": DEFAULT_CHUNK_SIZE,
+            "storage_nodes": nodes,
+            "copies": membership.copies(),
+        }))
+    } else {
+        println!(
+            "cluster {} is ready: {nodes} storage nodes, {} copies of every chunk, chunk size {}",
+            c.url,
+            membership.copies(),
+            output::bytes(u64::from(DEFAULT_CHUNK_SIZE))
+        );
+        Ok(())
+    }
+}
+
+/// `cancel JOB`: ends a running job without a commit.
+pub async fn cancel(urls: &str, job: &str, json: bool) -> Result<()> {
+    let mut c = connect(urls).await?;
+    let s = c
+        .client
+        .cancel_job(CancelJobRequest {
+            job: job.to_string(),
+        })
+        .await
+        .map_err(|s| status_err(&format!("cancelling job {job}"), s))?
+        .into_inner();
+    let state = state_name(s.state);
+    if json {
+        output::json(&serde_json::json!({"job": s.job, "vm": s.vm, "state": state}))
+    } else {
+        match State::try_from(s.state) {
+            Ok(State::Cancelled) => {
+                println!("job {job} of vm {} cancelled; nothing was committed", s.vm)
+            }
+            _ => println!("job {job} of vm {} had already ended: {state}", s.vm),
+        }
+        Ok(())
+    }
 }

@@ -26,17 +26,20 @@ fn qmp_json(h: &HostSpec) -> serde_json::Value {
     })
 }
 
-fn add(repo: &Repo, a: HostAddArgs, json: bool) -> Result<()> {
+/// The host record `host add` registers. `local`: the paths are on this machine (the
+/// embedded default), so they are checked here; a cluster's coordinator reads them on
+/// its own machine.
+pub fn host_spec(a: HostAddArgs, local: bool) -> Result<(HostSpec, bool)> {
     let qmp = match (a.qmp, a.qmp_dir) {
         (Some(q), None) => {
             let path = PathBuf::from(q.strip_prefix("unix:").unwrap_or(&q));
-            if !path.exists() {
+            if local && !path.exists() {
                 bail!("QMP socket {} does not exist", path.display());
             }
             QmpTarget::Socket(path)
         }
         (None, Some(d)) => {
-            if !d.is_dir() {
+            if local && !d.is_dir() {
                 bail!("QMP directory {} does not exist", d.display());
             }
             QmpTarget::Dir(d)
@@ -51,44 +54,96 @@ fn add(repo: &Repo, a: HostAddArgs, json: bool) -> Result<()> {
     let mut host = HostSpec::new(a.name, qmp, a.nbd);
     host.max_concurrent = a.max_concurrent.max(1);
     host.scratch_dir = a.scratch_dir;
-    repo.inventory.add(&host, a.replace)?;
+    Ok((host, a.replace))
+}
+
+/// Reports a registered host.
+pub fn print_added(host: &HostSpec, json: bool) -> Result<()> {
     if json {
-        output::json(&qmp_json(&host))
+        output::json(&qmp_json(host))
     } else {
         println!("host {} registered", host.name);
         Ok(())
     }
 }
 
+/// Prints the registered hosts.
+pub fn print_hosts(hosts: &[HostSpec], json: bool) -> Result<()> {
+    if json {
+        return output::json(&serde_json::Value::Array(
+            hosts.iter().map(qmp_json).collect(),
+        ));
+    }
+    if hosts.is_empty() {
+        println!("no hosts");
+    }
+    for h in hosts {
+        let target = match &h.qmp {
+            QmpTarget::Socket(p) => format!("qmp unix:{}", p.display()),
+            QmpTarget::Dir(d) => format!("qmp-dir {}", d.display()),
+        };
+        let nbd = h.nbd.as_deref().unwrap_or("(default)");
+        println!("{:<16} {target}  nbd {nbd}", h.name);
+    }
+    Ok(())
+}
+
+pub fn print_removed(name: &str, json: bool) {
+    if !json {
+        println!("host {name} removed (its snapshots stay)");
+    }
+}
+
+/// One VM as `vm list` shows it: `(disk, size, node)` per disk (no node from a cluster).
+pub struct VmRow {
+    pub host: String,
+    pub vm: String,
+    pub disks: Vec<(String, u64, Option<String>)>,
+}
+
+/// Prints `vm list`.
+pub fn print_vms(rows: &[VmRow], json: bool) -> Result<()> {
+    if json {
+        return output::json(&serde_json::Value::Array(
+            rows.iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "vm": r.vm,
+                        "host": r.host,
+                        "disks": r.disks.iter().map(|(disk, size, node)| serde_json::json!({
+                            "disk": disk, "size": size, "node": node,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        ));
+    }
+    if rows.is_empty() {
+        println!("no vms");
+    }
+    for r in rows {
+        let d: Vec<String> = r
+            .disks
+            .iter()
+            .map(|(disk, size, _)| format!("{disk} ({})", output::bytes(*size)))
+            .collect();
+        println!("{:<20} host {:<16} {}", r.vm, r.host, d.join(", "));
+    }
+    Ok(())
+}
+
 pub async fn run_host(repo_dir: &Path, cmd: HostCommand, json: bool) -> Result<()> {
     let repo = Repo::open(repo_dir, true, None)?;
     match cmd {
-        HostCommand::Add(a) => add(&repo, a, json),
-        HostCommand::List => {
-            let hosts = repo.inventory.list()?;
-            if json {
-                return output::json(&serde_json::Value::Array(
-                    hosts.iter().map(qmp_json).collect(),
-                ));
-            }
-            if hosts.is_empty() {
-                println!("no hosts");
-            }
-            for h in &hosts {
-                let target = match &h.qmp {
-                    QmpTarget::Socket(p) => format!("qmp unix:{}", p.display()),
-                    QmpTarget::Dir(d) => format!("qmp-dir {}", d.display()),
-                };
-                let nbd = h.nbd.as_deref().unwrap_or("(default)");
-                println!("{:<16} {target}  nbd {nbd}", h.name);
-            }
-            Ok(())
+        HostCommand::Add(a) => {
+            let (host, replace) = host_spec(a, true)?;
+            repo.inventory.add(&host, replace)?;
+            print_added(&host, json)
         }
+        HostCommand::List => print_hosts(&repo.inventory.list()?, json),
         HostCommand::Remove { name } => {
             repo.inventory.remove(&name)?;
-            if !json {
-                println!("host {name} removed (its snapshots stay)");
-            }
+            print_removed(&name, json);
             Ok(())
         }
     }
@@ -110,35 +165,17 @@ pub async fn run_vm(repo_dir: &Path, cmd: VmCommand, json: bool) -> Result<()> {
                 Err(e) => Err(anyhow!(e)),
             };
             match disks {
-                Ok(d) => rows.push((h.name.clone(), sock.vm, d)),
+                Ok(d) => rows.push(VmRow {
+                    host: h.name.clone(),
+                    vm: sock.vm,
+                    disks: d
+                        .into_iter()
+                        .map(|d| (d.disk, d.size, Some(d.node)))
+                        .collect(),
+                }),
                 Err(e) => eprintln!("warning: host {} vm {}: {e:#}", h.name, sock.vm),
             }
         }
     }
-    if json {
-        return output::json(&serde_json::Value::Array(
-            rows.iter()
-                .map(|(h, vm, disks)| {
-                    serde_json::json!({
-                        "vm": vm,
-                        "host": h,
-                        "disks": disks.iter().map(|d| serde_json::json!({
-                            "disk": d.disk, "size": d.size, "node": d.node,
-                        })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect(),
-        ));
-    }
-    if rows.is_empty() {
-        println!("no vms");
-    }
-    for (h, vm, disks) in &rows {
-        let d: Vec<String> = disks
-            .iter()
-            .map(|d| format!("{} ({})", d.disk, output::bytes(d.size)))
-            .collect();
-        println!("{vm:<20} host {h:<16} {}", d.join(", "));
-    }
-    Ok(())
+    print_vms(&rows, json)
 }

@@ -85,7 +85,12 @@ pub async fn coordinator(config: &Path) -> Result<()> {
     let cfg = CoordinatorConfig::load(config)?;
     let stop = shutdown()?;
     let stores: bora_coordinator::service::StoreFactory = Arc::new(placed_store);
-    let bound = bora_coordinator::service::bind(&cfg, stores).await?;
+    let live = super::backup::live::QemuLiveVms {
+        scratch: cfg.data_dir.join("scratch"),
+    };
+    let bound = bora_coordinator::service::bind(&cfg, stores)
+        .await?
+        .with_live_vms(Arc::new(live));
     announce(&format!("coordinator {} on {}", cfg.id, bound.local_addr()))?;
     let repairs = tokio::spawn(crate::repair_loop::run(
         bound.local_addr(),

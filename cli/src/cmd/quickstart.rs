@@ -14,10 +14,49 @@ use bora_worker::restore::RestoreTarget;
 use bora_worker::source::image::ImageFormat;
 
 use super::backup::{BackupReport, backup_image};
-use super::restore::restore;
+use super::restore::{restore, restore_from};
 use crate::cli::QuickstartArgs;
 use crate::output;
 use crate::repo::Repo;
+use crate::snapshot_disk::{Location, open_at};
+
+/// Where the quickstart keeps its snapshots: the local repository, or a running cluster.
+enum Site<'a> {
+    Repo(Repo),
+    Cluster(&'a str),
+}
+
+impl Site<'_> {
+    async fn backup(&self, image: &Path, quiet: bool) -> Result<BackupReport> {
+        match self {
+            Site::Repo(repo) => backup_image(repo, image, VM, Some(DISK), quiet).await,
+            Site::Cluster(urls) => {
+                let mut c = crate::cluster::connect(urls).await?;
+                super::cluster::backup_image(&mut c, image, VM, Some(DISK)).await
+            }
+        }
+    }
+
+    async fn restore(&self, snapshot: &str, target: &RestoreTarget, quiet: bool) -> Result<()> {
+        match self {
+            Site::Repo(repo) => {
+                restore(repo, snapshot, VM, DISK, None, target, quiet).await?;
+            }
+            Site::Cluster(urls) => {
+                let o = open_at(&Location::Cluster(urls), snapshot, VM, DISK).await?;
+                restore_from(o.store, o.sd, None, target, quiet).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Site::Repo(repo) => format!("repository {}", repo.dir.display()),
+            Site::Cluster(urls) => format!("cluster {urls}"),
+        }
+    }
+}
 
 const VM: &str = "quickstart";
 const DISK: &str = "disk0";
@@ -89,7 +128,10 @@ async fn compare(a: &Path, b: &Path) -> Result<()> {
         .context("restored disk differs from the original")
 }
 
-pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()> {
+/// The quickstart on the embedded default or against a running cluster (the sample
+/// images must then be readable by its workers at the same path: run it on the cluster's
+/// machine, e.g. after `bora up`).
+pub async fn run(loc: &Location<'_>, args: QuickstartArgs, json: bool) -> Result<()> {
     let started = Instant::now();
     let temp;
     let work: PathBuf = match &args.workdir {
@@ -140,8 +182,11 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
     )
     .await?;
 
-    let repo = Repo::open(repo_dir, true, None)?;
-    let first = backup_image(&repo, &v1, VM, Some(DISK), json).await?;
+    let site = match loc {
+        Location::Cluster(urls) => Site::Cluster(urls),
+        Location::Repo(dir) => Site::Repo(Repo::open(dir, true, None)?),
+    };
+    let first = site.backup(&v1, json).await?;
     if !json {
         print!("first backup:  ");
         first.print_human();
@@ -164,7 +209,7 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
         &["convert", "-f", "raw", "-O", "qcow2", &raw, &s(v2.clone())],
     )
     .await?;
-    let second = backup_image(&repo, &v2, VM, Some(DISK), json).await?;
+    let second = site.backup(&v2, json).await?;
     if !json {
         print!("second backup: ");
         second.print_human();
@@ -183,16 +228,7 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
             format: ImageFormat::Qcow2,
             force: true,
         };
-        restore(
-            &repo,
-            report.meta.id.as_str(),
-            VM,
-            DISK,
-            None,
-            &target,
-            json,
-        )
-        .await?;
+        site.restore(report.meta.id.as_str(), &target, json).await?;
         compare(original, &out).await?;
         restored.push(out);
     }
@@ -202,7 +238,7 @@ pub async fn run(repo_dir: &Path, args: QuickstartArgs, json: bool) -> Result<()
         &second,
         restore_s,
         started.elapsed().as_secs_f64(),
-        repo_dir,
+        &site.describe(),
         json,
     )
 }
@@ -212,7 +248,7 @@ fn summary(
     second: &BackupReport,
     restore_s: f64,
     total_s: f64,
-    repo_dir: &Path,
+    site: &str,
     json: bool,
 ) -> Result<()> {
     let d1 = &first.meta.disks[0];
@@ -234,10 +270,7 @@ fn summary(
         }));
     }
     println!();
-    println!(
-        "quickstart done in {total_s:.1} s — repository {}",
-        repo_dir.display()
-    );
+    println!("quickstart done in {total_s:.1} s — {site}");
     println!("  disk size        {}", output::bytes(d1.size));
     println!(
         "  read             {} (holes and zero blocks are never read)",

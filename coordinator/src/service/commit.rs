@@ -1,8 +1,8 @@
 //! Committing a job: each disk's index is built from its ranges' results and stored
 //! through the chunk store of the current membership ([`crate::backup::finish_disk`], as
 //! the embedded mode does), then the snapshot record goes into the catalog with the VM's
-//! latest snapshot as its parent. Cluster backups are full reads: every chunk is reported
-//! and deduplication makes the unchanged ones cheap.
+//! latest snapshot as its parent. A full read reports every chunk; an incremental reports
+//! the changed ones, laid over the parent's index loaded when the job started.
 //!
 //! The catalog is written in one place, [`Coordinator::commit_record`], for job commits
 //! and for the `CommitSnapshot` RPC alike; catalog reads go through here too, off the
@@ -33,7 +33,7 @@ enum CommitError {
 }
 
 /// Runs a catalog call on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
 ) -> Result<T, RequestError> {
     tokio::task::spawn_blocking(f)
@@ -81,27 +81,40 @@ impl Coordinator {
             let mut disks = Vec::with_capacity(commit.disks.len());
             for (d, source) in commit.disks.into_iter().zip(sources) {
                 let span = info_span!("commit_disk", disk = %d.name);
+                let base = source
+                    .incremental
+                    .as_ref()
+                    .and_then(|i| i.base.as_deref().cloned());
+                let incremental = base.is_some();
                 let mut snap = finish_disk(
                     store.as_ref(),
-                    None,
+                    base,
                     DiskOutcome {
                         vm: vm.clone(),
                         disk: d.name,
                         size: d.size,
                         chunk_size: d.chunk_size,
                         source: source.source,
-                        incremental: false,
+                        incremental,
                     },
                     d.ranges.into_iter().map(|r| r.result),
                 )
                 .instrument(span)
                 .await?;
-                snap.cbt = Some(CbtRecord {
-                    mode: "full".into(),
-                    reason: Some("cluster backups read every chunk".into()),
-                    base: None,
-                    bitmap: None,
-                });
+                snap.cbt = Some(source.cbt.unwrap_or_else(|| match &source.incremental {
+                    Some(i) => CbtRecord {
+                        mode: "incremental".into(),
+                        reason: None,
+                        base: Some(i.bitmap.clone()),
+                        bitmap: Some(i.bitmap.clone()),
+                    },
+                    None => CbtRecord {
+                        mode: "full".into(),
+                        reason: Some("no dirty bitmap given".into()),
+                        base: None,
+                        bitmap: None,
+                    },
+                }));
                 disks.push(snap);
             }
             let meta = self

@@ -68,6 +68,18 @@ pub enum RequestError {
     },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// Something the request needs cannot be reached now (a storage node, an index).
+    #[error("{0}")]
+    Unavailable(String),
+    /// No registered host has the VM.
+    #[error("{0}")]
+    UnknownVm(String),
+    /// This coordinator was started without live-VM support (embedded tests).
+    #[error("this coordinator cannot back up live VMs (it has no hypervisor access)")]
+    NoLiveVms,
+    /// The hypervisor refused or failed (QMP, the NBD server, a scratch image).
+    #[error("{0}")]
+    Hypervisor(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -97,7 +109,9 @@ pub fn to_status(e: RequestError) -> Status {
             CatalogError::NoHost(_) => Status::not_found(msg),
             CatalogError::Io { .. } | CatalogError::BadRecord { .. } => Status::internal(msg),
         },
-        RequestError::ShuttingDown => Status::unavailable(msg),
+        RequestError::ShuttingDown | RequestError::Unavailable(_) => Status::unavailable(msg),
+        RequestError::UnknownVm(_) => Status::not_found(msg),
+        RequestError::NoLiveVms | RequestError::Hypervisor(_) => Status::failed_precondition(msg),
         RequestError::Persist { .. } | RequestError::Internal(_) => Status::internal(msg),
     }
 }

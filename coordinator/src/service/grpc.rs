@@ -17,6 +17,7 @@ use super::state::Coordinator;
 use super::wire;
 use crate::config::check_node;
 use crate::planner::split_disk;
+use bora_core::snapshot::check_name;
 
 /// Largest message accepted or sent: a range's result names every chunk of the range.
 pub(super) const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -116,11 +117,79 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         request: Request<pb::StartBackupRequest>,
     ) -> Answer<pb::StartBackupResponse> {
-        answer(
-            JobRequest::try_from(request.into_inner())
-                .and_then(|req| self.c.start_backup(req))
-                .map(|job| pb::StartBackupResponse { job: job.0 }),
-        )
+        let r = async {
+            let mut req = JobRequest::try_from(request.into_inner())?;
+            self.c.load_bases(&mut req).await?;
+            let job = self.c.start_backup(req)?;
+            Ok(pb::StartBackupResponse { job: job.0 })
+        };
+        answer(r.await)
+    }
+
+    async fn backup_vm(
+        &self,
+        request: Request<pb::BackupVmRequest>,
+    ) -> Answer<pb::StartBackupResponse> {
+        let r = request.into_inner();
+        let r = async {
+            check_name("vm", &r.vm).map_err(RequestError::Invalid)?;
+            let job = self.c.clone().backup_vm(r.vm, r.full).await?;
+            Ok(pb::StartBackupResponse { job: job.0 })
+        };
+        answer(r.await)
+    }
+
+    async fn add_host(&self, request: Request<pb::AddHostRequest>) -> Answer<pb::AddHostResponse> {
+        let r = request.into_inner();
+        let r = async {
+            let host = wire::host_from_json(&r.host_json)?;
+            self.c.add_host(host, r.replace).await?;
+            Ok(pb::AddHostResponse {})
+        };
+        answer(r.await)
+    }
+
+    async fn list_hosts(
+        &self,
+        _request: Request<pb::ListHostsRequest>,
+    ) -> Answer<pb::ListHostsResponse> {
+        let r = async {
+            let hosts = self.c.list_hosts().await?;
+            let host_json = hosts
+                .iter()
+                .map(|h| {
+                    serde_json::to_string(h).map_err(|e| {
+                        RequestError::Internal(format!("encoding host {}: {e}", h.name))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(pb::ListHostsResponse { host_json })
+        };
+        answer(r.await)
+    }
+
+    async fn remove_host(
+        &self,
+        request: Request<pb::RemoveHostRequest>,
+    ) -> Answer<pb::RemoveHostResponse> {
+        let name = request.into_inner().name;
+        let r = async {
+            check_name("host", &name).map_err(RequestError::Invalid)?;
+            self.c.remove_host(name).await?;
+            Ok(pb::RemoveHostResponse {})
+        };
+        answer(r.await)
+    }
+
+    async fn list_vms(&self, request: Request<pb::ListVmsRequest>) -> Answer<pb::ListVmsResponse> {
+        let host = request.into_inner().host;
+        let r = async {
+            let vms = self.c.list_vms(host).await?;
+            Ok(pb::ListVmsResponse {
+                vms: vms.into_iter().map(wire::vm_info).collect(),
+            })
+        };
+        answer(r.await)
     }
 
     async fn wait_job(&self, request: Request<pb::WaitJobRequest>) -> Answer<pb::JobStatus> {

@@ -6,12 +6,16 @@
 //! After a restart a job is unknown unless its snapshot is in the catalog: then `WaitJob`
 //! answers with the committed snapshot.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::info;
 
-use bora_core::snapshot::SnapshotId;
+use bora_core::index::DiskIndex;
+use bora_core::index_store::load_index;
+use bora_core::snapshot::{CbtRecord, SnapshotId};
+use bora_core::{ByteRange, Digest};
 
 use super::error::RequestError;
 use super::state::{Coordinator, Core, KEEP_ENDED_JOBS};
@@ -24,15 +28,44 @@ pub(super) struct DiskSource {
     /// Image path or NBD URL the workers can reach.
     pub(super) source: String,
     pub(super) size: u64,
+    /// Read only what a dirty bitmap marks, on top of a parent snapshot's disk.
+    pub(super) incremental: Option<Incremental>,
+    /// Recorded with the disk; `None`: the coordinator records the mode it ran.
+    pub(super) cbt: Option<CbtRecord>,
 }
 
-/// A client's request for a full backup of one VM.
+/// An incremental disk: the bitmap the source exposes and the parent it is based on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Incremental {
+    pub(super) bitmap: String,
+    pub(super) parent: String,
+    /// The parent's index of the disk, loaded before the job starts
+    /// ([`Coordinator::load_bases`]); workers get its digests with each range.
+    pub(super) base: Option<Arc<DiskIndex>>,
+}
+
+impl Incremental {
+    /// The base's digest of every chunk of `range`, in order.
+    pub(super) fn parent_digests(&self, range: ByteRange, chunk_size: u32) -> Vec<Option<Digest>> {
+        let Some(base) = &self.base else {
+            return Vec::new();
+        };
+        let cs = u64::from(chunk_size);
+        let first = (range.offset / cs) as usize;
+        let n = range.length.div_ceil(cs) as usize;
+        (first..first + n).map(|i| base.get(i)).collect()
+    }
+}
+
+/// A client's request for a backup of one VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct JobRequest {
     pub(super) vm: String,
     pub(super) host: String,
     pub(super) chunk_size: u32,
     pub(super) disks: Vec<DiskSource>,
+    /// The job's (and snapshot's) id when the caller chose it; `None`: a new one.
+    pub(super) id: Option<SnapshotId>,
 }
 
 /// Where a job is, as clients see it. The lease table's `Committed` (every range done)
@@ -113,7 +146,7 @@ impl Core {
     }
 
     /// The running job of `vm`, if any.
-    fn running_job_of(&self, vm: &str) -> Option<JobId> {
+    pub(super) fn running_job_of(&self, vm: &str) -> Option<JobId> {
         self.jobs
             .iter()
             .find(|(_, r)| r.vm == vm && !r.view.borrow().phase.is_ended())
@@ -127,7 +160,12 @@ impl Coordinator {
         if self.storage.is_empty() {
             return Err(RequestError::NoStorageNodes);
         }
-        let job = JobId(SnapshotId::random().to_string());
+        let job = JobId(
+            req.id
+                .clone()
+                .unwrap_or_else(SnapshotId::random)
+                .to_string(),
+        );
         let mut core = self.core();
         if let Some(running) = core.running_job_of(&req.vm) {
             return Err(RequestError::VmBusy {
@@ -173,6 +211,43 @@ impl Coordinator {
             },
         );
         Ok(job)
+    }
+
+    /// Loads the parent index of every incremental disk of `req`; checks the parent is a
+    /// snapshot of the same VM whose disk has the same size and chunk size.
+    pub(super) async fn load_bases(&self, req: &mut JobRequest) -> Result<(), RequestError> {
+        for d in &mut req.disks {
+            let Some(inc) = &mut d.incremental else {
+                continue;
+            };
+            let what = format!("vm {} disk {}", req.vm, d.name);
+            let meta = self
+                .catalog_get(req.vm.clone(), inc.parent.clone())
+                .await
+                .map_err(|e| RequestError::Invalid(format!("{what}: parent snapshot: {e}")))?;
+            let pd = meta.disk(&d.name).ok_or_else(|| {
+                RequestError::Invalid(format!(
+                    "{what}: parent snapshot {} has no such disk",
+                    meta.id
+                ))
+            })?;
+            if pd.size != d.size || pd.index.chunk_size != req.chunk_size {
+                return Err(RequestError::Invalid(format!(
+                    "{what}: parent snapshot {} has a {}-byte disk in {}-byte chunks, the job a {}-byte disk in {}-byte chunks; back up in full",
+                    meta.id, pd.size, pd.index.chunk_size, d.size, req.chunk_size
+                )));
+            }
+            let store = self.storage.store()?;
+            let base = load_index(store.as_ref(), &pd.index).await.map_err(|e| {
+                RequestError::Unavailable(format!(
+                    "{what}: loading the index of parent snapshot {}: {e}",
+                    meta.id
+                ))
+            })?;
+            inc.parent = meta.id.to_string();
+            inc.base = Some(Arc::new(base));
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout` for `job` to end; returns its status then.

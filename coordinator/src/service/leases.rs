@@ -33,6 +33,9 @@ pub(super) struct RangeGrant {
     pub(super) range: ByteRange,
     pub(super) chunk_size: u32,
     pub(super) expires_in_ms: u64,
+    /// Incremental: the source's dirty bitmap and the parent's digest of every chunk.
+    pub(super) bitmap: Option<String>,
+    pub(super) parent: Vec<Option<Digest>>,
 }
 
 /// A worker's result for a leased range (digests already checked for length).
@@ -58,12 +61,14 @@ fn range_span(core: &Core, lease: &Lease, wire: u64) -> Span {
     )
 }
 
-/// Checks that `entries` name every chunk of `range` exactly once, and nothing else.
+/// Checks that `entries` name chunks of `range` at most once, and every one of them in a
+/// full read (an incremental reports only the changed ones).
 fn check_entries(
     wire: u64,
     entries: Vec<(u64, Option<Digest>)>,
     range: ByteRange,
     chunk_size: u32,
+    incremental: bool,
 ) -> Result<Vec<(usize, Option<Digest>)>, RequestError> {
     let cs = u64::from(chunk_size.max(1));
     let (first, end) = (range.offset / cs, range.end().div_ceil(cs));
@@ -90,7 +95,7 @@ fn check_entries(
         let index = usize::try_from(chunk).map_err(|_| outside())?;
         out.push((index, digest.filter(|d| !d.is_zero_marker())));
     }
-    if out.len() != seen.len() {
+    if !incremental && out.len() != seen.len() {
         return Err(RequestError::Invalid(format!(
             "lease {wire}: {} of the range's {} chunks reported; a full backup reports every chunk",
             out.len(),
@@ -147,6 +152,12 @@ impl Coordinator {
             range: lease.range,
             chunk_size: rec.chunk_size,
             expires_in_ms: lease.expires_ms.saturating_sub(now),
+            bitmap: disk.incremental.as_ref().map(|i| i.bitmap.clone()),
+            parent: disk
+                .incremental
+                .as_ref()
+                .map(|i| i.parent_digests(lease.range, rec.chunk_size))
+                .unwrap_or_default(),
         };
         info!(attempt = lease.attempt, "range leased");
         drop(core);
@@ -218,12 +229,24 @@ impl Coordinator {
         }
         let span = range_span(&core, &lease, report.lease);
         let _in = span.enter();
-        let chunk_size = core
+        let (chunk_size, incremental) = core
             .jobs
             .get(&lease.job)
-            .map(|r| r.chunk_size)
+            .map(|r| {
+                let inc = r
+                    .disks
+                    .get(lease.disk)
+                    .is_some_and(|d| d.incremental.is_some());
+                (r.chunk_size, inc)
+            })
             .ok_or_else(|| RequestError::Internal(format!("no record of job {}", lease.job)))?;
-        let entries = check_entries(report.lease, report.entries, lease.range, chunk_size)?;
+        let entries = check_entries(
+            report.lease,
+            report.entries,
+            lease.range,
+            chunk_size,
+            incremental,
+        )?;
         let result = RangeResult {
             entries,
             stats: report.stats,
@@ -346,16 +369,29 @@ mod tests {
             length: 3 * u64::from(cs) - 5,
         };
         let d = Some(Digest::of(b"x"));
-        let ok = check_entries(1, vec![(6, None), (4, d), (5, d)], range, cs).unwrap();
+        let ok = check_entries(1, vec![(6, None), (4, d), (5, d)], range, cs, false).unwrap();
         assert_eq!(ok, vec![(6, None), (4, d), (5, d)]);
-        let e = check_entries(1, vec![(4, d), (5, d), (7, d)], range, cs).unwrap_err();
+        let e = check_entries(1, vec![(4, d), (5, d), (7, d)], range, cs, false).unwrap_err();
         assert!(e.to_string().contains("chunk 7 is outside"), "{e}");
-        let e = check_entries(1, vec![(4, d), (4, d), (5, d)], range, cs).unwrap_err();
+        let e = check_entries(1, vec![(4, d), (4, d), (5, d)], range, cs, false).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
-        let e = check_entries(1, vec![(4, d), (5, d)], range, cs).unwrap_err();
+        let e = check_entries(1, vec![(4, d), (5, d)], range, cs, false).unwrap_err();
         assert!(e.to_string().contains("2 of the range's 3"), "{e}");
         // The reserved all-zero digest means a zero chunk.
-        let z = check_entries(1, vec![(4, Some(Digest::ZERO)), (5, d), (6, d)], range, cs);
+        let z = check_entries(
+            1,
+            vec![(4, Some(Digest::ZERO)), (5, d), (6, d)],
+            range,
+            cs,
+            false,
+        );
         assert_eq!(z.unwrap()[0], (4, None));
+        // An incremental reports only its changed chunks, still each once and inside.
+        let some = check_entries(1, vec![(5, d)], range, cs, true).unwrap();
+        assert_eq!(some, vec![(5, d)]);
+        let e = check_entries(1, vec![(5, d), (5, d)], range, cs, true).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        let e = check_entries(1, vec![(8, d)], range, cs, true).unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
     }
 }

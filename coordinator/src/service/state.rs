@@ -2,9 +2,9 @@
 //! (behind one mutex, never held across an await), the catalog, the storage membership,
 //! and the clock every lease time is read from.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -15,7 +15,9 @@ use super::jobs::JobRecord;
 use super::storage::Storage;
 use super::workers::WorkerRecord;
 use crate::catalog::Catalog;
+use crate::inventory::Inventory;
 use crate::lease::{JobCommit, JobId, LeaseTable, WorkerId};
+use crate::live::LiveVms;
 
 /// Ended jobs whose status is kept for `WaitJob` and `Status`; older ones are forgotten.
 pub(super) const KEEP_ENDED_JOBS: usize = 1000;
@@ -51,6 +53,8 @@ pub(super) struct Core {
     pub(super) workers: BTreeMap<WorkerId, WorkerRecord>,
     /// Start order of jobs.
     pub(super) next_seq: u64,
+    /// VMs whose live backup is being prepared (frozen) and has no job yet.
+    pub(super) preparing: HashSet<String>,
 }
 
 /// Everything the request handlers and the background tasks share.
@@ -64,6 +68,10 @@ pub(super) struct Coordinator {
     pub(super) clock: Clock,
     pub(super) core: Mutex<Core>,
     pub(super) catalog: Arc<Catalog>,
+    /// Registered hypervisor hosts.
+    pub(super) inventory: Arc<Inventory>,
+    /// How live VMs are frozen and read; unset: `BackupVm` and `ListVms` are refused.
+    pub(super) live: OnceLock<Arc<dyn LiveVms>>,
     /// Catalog commits one at a time, so a VM's parent is its latest snapshot.
     pub(super) commit_lock: tokio::sync::Mutex<()>,
     pub(super) storage: Storage,

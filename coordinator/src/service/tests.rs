@@ -73,6 +73,7 @@ fn disk(name: &str, size: u64) -> pb::DiskSource {
         name: name.into(),
         source: format!("/images/{name}.raw"),
         size,
+        ..Default::default()
     }
 }
 

@@ -5,18 +5,24 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use bora_core::Digest;
 use bora_core::digest::DIGEST_LEN;
 use bora_core::index::{check_chunk_size, chunk_count};
-use bora_core::snapshot::{DiskStats, SNAPSHOT_FORMAT_VERSION, SnapshotMeta, check_name};
+use bora_core::snapshot::{
+    CbtRecord, DiskStats, SNAPSHOT_FORMAT_VERSION, SnapshotMeta, check_name,
+};
 use bora_proto::coordinator as pb;
 
 use super::error::RequestError;
-use super::jobs::{DiskSource, JobRequest, JobView, Phase};
+use super::jobs::{DiskSource, Incremental, JobRequest, JobView, Phase};
 use super::leases::{RangeGrant, RangeReport};
 use super::storage::MembershipView;
 use super::workers::StatusView;
 use crate::lease::{JobId, WorkerId};
+use crate::live::VmListing;
+use bora_core::host::{HOST_FORMAT_VERSION, HostSpec};
 
 /// Disks of one job.
 pub(super) const MAX_DISKS: usize = 256;
@@ -156,10 +162,36 @@ impl TryFrom<pb::StartBackupRequest> for JobRequest {
                 )));
             }
             disk_geometry(&what, d.size, r.chunk_size)?;
+            let incremental = match (d.bitmap.is_empty(), d.parent_snapshot.is_empty()) {
+                (true, true) => None,
+                (false, false) => {
+                    check_name("bitmap", &d.bitmap).map_err(|e| invalid(format!("{what}: {e}")))?;
+                    Some(Incremental {
+                        bitmap: d.bitmap,
+                        parent: d.parent_snapshot,
+                        base: None,
+                    })
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "{what}: an incremental needs both bitmap and parent_snapshot"
+                    )));
+                }
+            };
+            let cbt = if d.cbt_json.is_empty() {
+                None
+            } else {
+                Some(
+                    serde_json::from_str::<CbtRecord>(&d.cbt_json)
+                        .map_err(|e| invalid(format!("{what}: cbt_json: {e}")))?,
+                )
+            };
             disks.push(DiskSource {
                 name: d.name,
                 source: d.source,
                 size: d.size,
+                incremental,
+                cbt,
             });
         }
         Ok(JobRequest {
@@ -167,6 +199,7 @@ impl TryFrom<pb::StartBackupRequest> for JobRequest {
             host: r.host,
             chunk_size: r.chunk_size,
             disks,
+            id: None,
         })
     }
 }
@@ -245,6 +278,12 @@ impl From<RangeGrant> for pb::RangeLease {
             chunk_size: g.chunk_size,
             expires_in_ms: g.expires_in_ms,
             disk_size: g.disk_size,
+            bitmap: g.bitmap.unwrap_or_default(),
+            parent: g
+                .parent
+                .into_iter()
+                .map(|d| d.map_or_else(Bytes::new, |d| Bytes::copy_from_slice(d.as_bytes())))
+                .collect(),
         }
     }
 }
@@ -286,6 +325,33 @@ impl From<StatusView> for pb::StatusResponse {
     }
 }
 
+/// A host record sent by a client, checked.
+pub(super) fn host_from_json(json: &str) -> Result<HostSpec, RequestError> {
+    let host: HostSpec =
+        serde_json::from_str(json).map_err(|e| invalid(format!("host record: {e}")))?;
+    check_name("host", &host.name).map_err(invalid)?;
+    if host.format != HOST_FORMAT_VERSION {
+        return Err(invalid(format!(
+            "host record format {} is not supported (this coordinator reads {HOST_FORMAT_VERSION})",
+            host.format
+        )));
+    }
+    Ok(host)
+}
+
+pub(super) fn vm_info(v: VmListing) -> pb::VmInfo {
+    pb::VmInfo {
+        vm: v.vm,
+        host: v.host,
+        disks: v
+            .disks
+            .into_iter()
+            .map(|(disk, size)| pb::VmDiskInfo { disk, size })
+            .collect(),
+        error: v.error.unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +371,7 @@ mod tests {
             name: name.into(),
             source: "/img".into(),
             size,
+            ..Default::default()
         }
     }
 

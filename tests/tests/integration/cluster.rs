@@ -16,7 +16,7 @@ use bora_tests::*;
 const MIB: u64 = 1 << 20;
 
 /// A running `bora up`; SIGTERM on drop, and every extra member the test started is killed.
-struct Up {
+pub(crate) struct Up {
     child: Child,
     url: String,
     data: PathBuf,
@@ -25,15 +25,20 @@ struct Up {
 
 impl Up {
     /// `bora up` with 8 MiB ranges, 1.5 s leases and `args`.
-    fn start(env: &Env, args: &[&str]) -> Up {
+    pub(crate) fn start(env: &Env, args: &[&str]) -> Up {
         let data = env.path("cluster");
-        let mut child = Command::new(bora_bin())
-            .args(["up", "--data"])
+        let mut cmd = Command::new(bora_bin());
+        cmd.args(["up", "--data"])
             .arg(&data)
             .args(["--listen", "127.0.0.1:0", "--lease-ms", "1500"])
             .args(["--range-bytes", &(8 * MIB).to_string()])
-            .args(args)
-            .env_remove("BORA_LOG")
+            .args(args);
+        // BORA_TEST_MEMBER_LOG=info: the members log at that level into cluster/*/log.
+        match std::env::var("BORA_TEST_MEMBER_LOG") {
+            Ok(level) => cmd.env("BORA_LOG", level),
+            Err(_) => cmd.env_remove("BORA_LOG"),
+        };
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -56,7 +61,7 @@ impl Up {
         }
     }
 
-    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+    pub(crate) fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut a = vec!["--cluster", self.url.as_str()];
         a.extend_from_slice(args);
         a
@@ -149,7 +154,7 @@ fn auto_repair(up: &Up, node: &str, since: usize) -> (u64, u64) {
     (nums[0], nums[1])
 }
 
-fn status(env: &Env, up: &Up) -> Value {
+pub(crate) fn status(env: &Env, up: &Up) -> Value {
     env.json(&up.args(&["status"]))
 }
 
@@ -172,7 +177,7 @@ fn kill9(pid: u64) {
 }
 
 /// Waits until `f` holds (checked every 50 ms), or panics after `limit`.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let started = Instant::now();
     while !f() {
         assert!(started.elapsed() < limit, "timed out waiting for {what}");

@@ -96,10 +96,14 @@ impl JobCache {
 impl JobUse {
     /// The disk's source, opened by the first range that needs it. A failed open is not
     /// kept: the next range tries again.
-    pub(super) async fn source(&self, source: &str) -> Result<Arc<dyn BlockSource>, SourceError> {
+    pub(super) async fn source(
+        &self,
+        source: &str,
+        bitmap: Option<&str>,
+    ) -> Result<Arc<dyn BlockSource>, SourceError> {
         let limit = self.cache.read_limit;
         self.cell
-            .get_or_try_init(|| open_source(source, limit))
+            .get_or_try_init(|| open_source(source, bitmap, limit))
             .await
             .cloned()
     }
@@ -114,11 +118,13 @@ impl Drop for JobUse {
     }
 }
 
-/// Opens a job's source as the embedded mode does: an NBD URL through the NBD client,
-/// an image file by its format (raw directly, qcow2 through qemu-nbd); capped to
-/// `read_limit` bytes per second when given.
+/// Opens a job's source as the embedded mode does: an NBD URL through the NBD client
+/// (with the export's dirty bitmap `bitmap` for an incremental), an image file by its
+/// format (raw directly, qcow2 through qemu-nbd); capped to `read_limit` bytes per
+/// second when given.
 pub(super) async fn open_source(
     source: &str,
+    bitmap: Option<&str>,
     read_limit: Option<u64>,
 ) -> Result<Arc<dyn BlockSource>, SourceError> {
     let open_err = |reason: String| SourceError::Open {
@@ -129,7 +135,11 @@ pub(super) async fn open_source(
         || source.starts_with("nbd+unix://")
     {
         let (addr, export) = parse_nbd_url(source).map_err(open_err)?;
-        Arc::new(NbdSource::connect(&addr, &export, None, CONNECTIONS, source.to_string()).await?)
+        Arc::new(NbdSource::connect(&addr, &export, bitmap, CONNECTIONS, source.to_string()).await?)
+    } else if bitmap.is_some() {
+        return Err(open_err(
+            "an incremental needs an NBD source with a dirty bitmap, not an image file".into(),
+        ));
     } else {
         let path = Path::new(source);
         if !path.is_absolute() {
@@ -175,7 +185,7 @@ mod tests {
         let cache = Arc::new(JobCache::new(None));
         let e = cache
             .enter("j", "d")
-            .source("disk.raw")
+            .source("disk.raw", None)
             .await
             .err()
             .unwrap();

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use bora_core::ByteRange;
 use bora_core::index::check_chunk_size;
 use bora_core::job::{RangeResult, RangeTask, RangeWorker};
 use bora_core::progress::Progress;
 use bora_core::snapshot::check_name;
+use bora_core::{ByteRange, Digest};
 use bora_proto::coordinator::{ChunkEntry, CompleteRangeRequest, FailRangeRequest, RangeLease};
 
 use super::Context;
@@ -34,6 +34,10 @@ pub(super) struct LeasedRange {
     pub(super) disk_size: u64,
     pub(super) range: ByteRange,
     pub(super) chunk_size: u32,
+    /// Incremental: the source's dirty bitmap, and the parent's digest of every chunk of
+    /// the range (`None`: zeros).
+    pub(super) bitmap: Option<String>,
+    pub(super) parent: Vec<Option<Digest>>,
 }
 
 impl TryFrom<RangeLease> for LeasedRange {
@@ -60,7 +64,30 @@ impl TryFrom<RangeLease> for LeasedRange {
                 l.offset, l.length, l.disk_size
             ));
         }
+        let chunks = l.length.div_ceil(u64::from(l.chunk_size));
+        let bitmap = (!l.bitmap.is_empty()).then_some(l.bitmap);
+        if bitmap.is_some() && l.parent.len() as u64 != chunks {
+            return Err(format!(
+                "{what}: an incremental range of {chunks} chunks came with {} parent digests",
+                l.parent.len()
+            ));
+        }
+        let parent = l
+            .parent
+            .iter()
+            .map(|d| {
+                if d.is_empty() {
+                    Ok(None)
+                } else {
+                    Digest::from_slice(d)
+                        .map(Some)
+                        .ok_or_else(|| format!("{what}: a parent digest of {} bytes", d.len()))
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(LeasedRange {
+            bitmap,
+            parent,
             lease: l.lease_id,
             job: l.job,
             vm: l.vm,
@@ -133,27 +160,24 @@ pub(super) async fn work(ctx: Arc<Context>, coordinator: usize, lease: RangeLeas
                 })
                 .await;
                 match accepted {
-                    Some(true) => {
+                    Ok(true) => {
                         info!(chunks, secs = started.elapsed().as_secs_f64(), "range done")
                     }
-                    Some(false) => {
+                    Ok(false) => {
                         info!("range done, but another result came first or the job ended")
                     }
-                    None => {}
+                    // The coordinator refused the result itself: say so at once rather
+                    // than let the lease run out, so the job learns why.
+                    Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                        let error = format!("the coordinator refused the result: {}", s.message());
+                        fail(&ctx, coordinator, id, error).await;
+                    }
+                    Err(_) => {}
                 }
             }
             Err(error) => {
                 warn!(error = %error, "range failed");
-                let req = FailRangeRequest {
-                    lease_id: id,
-                    worker: ctx.config.id.clone(),
-                    error,
-                };
-                report(&ctx, coordinator, "the failure", move |mut c| {
-                    let req = req.clone();
-                    async move { c.fail_range(req).await.map(|_| ()) }
-                })
-                .await;
+                fail(&ctx, coordinator, id, error).await;
             }
         }
     }
@@ -169,7 +193,10 @@ async fn back_up(
     let r = LeasedRange::try_from(lease)?;
     let store = ctx.store_for(coordinator).await?;
     let job = ctx.jobs.enter(&r.job, &r.disk);
-    let source = job.source(&r.source).await.map_err(|e| e.to_string())?;
+    let source = job
+        .source(&r.source, r.bitmap.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
     if source.size() != r.disk_size {
         return Err(format!(
             "source {} is {} bytes, the job expects {}",
@@ -192,8 +219,8 @@ async fn back_up(
             disk: r.disk,
             range: r.range,
             chunk_size: r.chunk_size,
-            incremental: false,
-            parent: Vec::new(),
+            incremental: r.bitmap.is_some(),
+            parent: r.parent,
         })
         .await
         .map_err(|e| e.0)
@@ -201,7 +228,21 @@ async fn back_up(
 
 /// Sends a report to coordinator `i`, retrying for [`REPORT_PATIENCE`] while it is
 /// unreachable. `None` when it could not be sent (the lease will expire there).
-async fn report<T, F, Fut>(ctx: &Context, i: usize, what: &str, call: F) -> Option<T>
+/// Reports a failed range to coordinator `i`.
+async fn fail(ctx: &Context, i: usize, lease: u64, error: String) {
+    let req = FailRangeRequest {
+        lease_id: lease,
+        worker: ctx.config.id.clone(),
+        error,
+    };
+    let _ = report(ctx, i, "the failure", move |mut c| {
+        let req = req.clone();
+        async move { c.fail_range(req).await.map(|_| ()) }
+    })
+    .await;
+}
+
+async fn report<T, F, Fut>(ctx: &Context, i: usize, what: &str, call: F) -> Result<T, tonic::Status>
 where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -209,9 +250,12 @@ where
     let deadline = Instant::now() + REPORT_PATIENCE;
     let mut backoff = Duration::from_millis(200);
     loop {
-        let client = ctx.coordinators.client(i)?;
+        let client = ctx
+            .coordinators
+            .client(i)
+            .ok_or_else(|| tonic::Status::unavailable("no client for the coordinator"))?;
         match call(client).await {
-            Ok(v) => return Some(v),
+            Ok(v) => return Ok(v),
             Err(s) if unreachable(&s) && Instant::now() + backoff < deadline => {
                 debug!(error = %s, "coordinator unreachable; reporting {what} again");
                 tokio::time::sleep(backoff).await;
@@ -219,7 +263,7 @@ where
             }
             Err(s) => {
                 warn!(error = %s, "could not report {what}");
-                return None;
+                return Err(s);
             }
         }
     }
@@ -254,6 +298,7 @@ mod tests {
             chunk_size: 1 << 16,
             expires_in_ms: 1000,
             disk_size: 4 << 16,
+            ..Default::default()
         }
     }
 
@@ -281,6 +326,22 @@ mod tests {
                     ..lease()
                 },
                 "chunk-aligned",
+            ),
+            (
+                RangeLease {
+                    bitmap: "b".into(),
+                    parent: vec![Bytes::new(); 2],
+                    ..lease()
+                },
+                "3 chunks came with 2 parent digests",
+            ),
+            (
+                RangeLease {
+                    bitmap: "b".into(),
+                    parent: vec![Bytes::new(), Bytes::new(), Bytes::from_static(&[1, 2])],
+                    ..lease()
+                },
+                "a parent digest of 2 bytes",
             ),
             (
                 RangeLease {

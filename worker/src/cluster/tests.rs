@@ -83,6 +83,7 @@ impl Coordinator {
                         name: name.to_string(),
                         source: source.to_string(),
                         size: *size,
+                        ..Default::default()
                     })
                     .collect(),
             })

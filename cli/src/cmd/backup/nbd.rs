@@ -18,7 +18,7 @@ use crate::cli::BackupArgs;
 use crate::repo::Repo;
 
 /// Whether an external bitmap can be trusted for an incremental on top of `parent`.
-fn mode(
+pub fn mode(
     full: bool,
     bitmap: Option<&str>,
     parent: Option<&DiskSnapshot>,

@@ -62,3 +62,21 @@ impl BackupReport {
         }
     }
 }
+
+/// Prints the reports of one `backup` command: one JSON document (an object for one VM,
+/// an array for several) or each report's text.
+pub fn print_all(reports: &[BackupReport], json: bool) -> anyhow::Result<()> {
+    if json {
+        match reports {
+            [one] => output::json(&one.to_json()),
+            many => output::json(&serde_json::Value::Array(
+                many.iter().map(BackupReport::to_json).collect(),
+            )),
+        }
+    } else {
+        for r in reports {
+            r.print_human();
+        }
+        Ok(())
+    }
+}

@@ -86,21 +86,31 @@ fn decide(
     (Mode::Incremental { base: base.clone() }, Some(base))
 }
 
-/// Backs up one VM, found at `sock` on `host` (see [`find_vm`]).
-pub async fn backup_vm(
-    repo: &Repo,
+/// A VM frozen for the backup `id`, with the mode each disk is read in.
+pub struct Prepared {
+    pub frozen: Frozen,
+    pub modes: Vec<Mode>,
+}
+
+/// Contacts the VM at `sock` on `host`, cleans up after killed backups, decides per disk
+/// between an incremental on top of `parent` and a full read, and freezes every disk in
+/// one transaction for the snapshot `id`, with scratch images in the host's scratch
+/// directory or `scratch`. Shared by the embedded backup and the cluster coordinator.
+pub async fn prepare(
     host: &HostSpec,
     sock: &VmSocket,
+    parent: Option<&SnapshotMeta>,
     full: bool,
-    quiet: bool,
-) -> Result<BackupReport> {
+    chunk_size: u32,
+    id: &SnapshotId,
+    scratch: &std::path::Path,
+) -> Result<Prepared> {
     let vm = sock.vm.as_str();
     let qmp = connect(sock).await?;
     let disks = vm_disks(&qmp, vm).await?;
     if disks.is_empty() {
         bail!("vm {vm} has no disks");
     }
-    let parent = repo.catalog.latest(vm)?;
     let bases: HashMap<String, Option<String>> = disks
         .iter()
         .map(|d| {
@@ -115,7 +125,7 @@ pub async fn backup_vm(
     let scratch = host
         .scratch_dir
         .clone()
-        .unwrap_or_else(|| repo.dir.join("scratch"));
+        .unwrap_or_else(|| scratch.to_path_buf());
     recover(&qmp, vm, &disks, &bases, &scratch).await?;
 
     let nodes = qmp
@@ -126,16 +136,39 @@ pub async fn backup_vm(
     let mut freeze = Vec::new();
     for d in &disks {
         let node = nodes.iter().find(|n| n.node_name == d.node);
-        let (mode, base) = decide(full, parent.as_ref(), d, node, repo.config.chunk_size);
+        let (mode, base) = decide(full, parent, d, node, chunk_size);
         modes.push(mode);
         freeze.push(FreezeDisk {
             disk: d.clone(),
             base_bitmap: base,
         });
     }
-    let id = SnapshotId::random();
     let addr = nbd_addr(host, sock)?;
     let frozen = Frozen::freeze(&qmp, vm, id.as_str(), freeze, &scratch, addr).await?;
+    Ok(Prepared { frozen, modes })
+}
+
+/// Backs up one VM, found at `sock` on `host` (see [`find_vm`]).
+pub async fn backup_vm(
+    repo: &Repo,
+    host: &HostSpec,
+    sock: &VmSocket,
+    full: bool,
+    quiet: bool,
+) -> Result<BackupReport> {
+    let vm = sock.vm.as_str();
+    let parent = repo.catalog.latest(vm)?;
+    let id = SnapshotId::random();
+    let Prepared { frozen, modes } = prepare(
+        host,
+        sock,
+        parent.as_ref(),
+        full,
+        repo.config.chunk_size,
+        &id,
+        &repo.dir.join("scratch"),
+    )
+    .await?;
 
     let result = async {
         let mut inputs = Vec::new();

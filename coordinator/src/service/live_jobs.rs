@@ -1,0 +1,202 @@
+//! Live-VM backups and the host inventory. `BackupVm` finds the VM on a registered host,
+//! has the [`LiveVms`] implementation freeze its disks at one point in time (incremental
+//! per disk when the parent's dirty bitmap is on it), starts an ordinary job over the
+//! frozen NBD exports, and releases the disks when the job ends — committed, failed or
+//! cancelled. If the coordinator dies first, the freeze stays behind on the host and the
+//! VM's next backup cleans it up (as after a killed embedded backup).
+
+use std::sync::Arc;
+
+use tracing::{Instrument, info, info_span, warn};
+
+use bora_core::host::HostSpec;
+use bora_core::index::DEFAULT_CHUNK_SIZE;
+use bora_core::snapshot::SnapshotId;
+
+use super::commit::blocking;
+use super::error::RequestError;
+use super::jobs::{DiskSource, Incremental, JobRequest, Phase};
+use super::state::Coordinator;
+use crate::lease::JobId;
+use crate::live::{FrozenVm, LiveVms, VmListing};
+
+/// Removes a VM from the set of VMs being prepared, however preparing ends.
+struct Preparing<'a> {
+    c: &'a Coordinator,
+    vm: String,
+}
+
+impl Drop for Preparing<'_> {
+    fn drop(&mut self) {
+        self.c.core().preparing.remove(&self.vm);
+    }
+}
+
+impl Coordinator {
+    fn live(&self) -> Result<Arc<dyn LiveVms>, RequestError> {
+        self.live.get().cloned().ok_or(RequestError::NoLiveVms)
+    }
+
+    pub(super) async fn add_host(&self, host: HostSpec, replace: bool) -> Result<(), RequestError> {
+        let inventory = self.inventory.clone();
+        blocking(move || inventory.add(&host, replace)).await
+    }
+
+    pub(super) async fn list_hosts(&self) -> Result<Vec<HostSpec>, RequestError> {
+        let inventory = self.inventory.clone();
+        blocking(move || inventory.list()).await
+    }
+
+    pub(super) async fn remove_host(&self, name: String) -> Result<(), RequestError> {
+        let inventory = self.inventory.clone();
+        blocking(move || inventory.remove(&name)).await
+    }
+
+    /// The VMs of every registered host (or of `host`), with their disks.
+    pub(super) async fn list_vms(
+        &self,
+        host: Option<String>,
+    ) -> Result<Vec<VmListing>, RequestError> {
+        let live = self.live()?;
+        let hosts = match host {
+            Some(name) => {
+                let inventory = self.inventory.clone();
+                vec![blocking(move || inventory.get(&name)).await?]
+            }
+            None => self.list_hosts().await?,
+        };
+        let mut vms = Vec::new();
+        for h in hosts {
+            match live.list(&h).await {
+                Ok(v) => vms.extend(v),
+                Err(e) => warn!(host = %h.name, error = %e, "cannot list VMs"),
+            }
+        }
+        Ok(vms)
+    }
+
+    /// The registered host that has `vm`.
+    async fn find_vm(&self, live: &dyn LiveVms, vm: &str) -> Result<HostSpec, RequestError> {
+        let hosts = self.list_hosts().await?;
+        if hosts.is_empty() {
+            return Err(RequestError::UnknownVm(
+                "no hosts are registered: bora host add NAME --qmp unix:PATH | --qmp-dir DIR"
+                    .into(),
+            ));
+        }
+        for h in hosts {
+            match live.vm_names(&h).await {
+                Ok(names) if names.iter().any(|n| n == vm) => return Ok(h),
+                Ok(_) => {}
+                Err(e) => warn!(host = %h.name, error = %e, "cannot list VMs"),
+            }
+        }
+        Err(RequestError::UnknownVm(format!(
+            "no registered host has a vm {vm:?} (see bora vm list)"
+        )))
+    }
+
+    /// Starts a live backup of `vm`; its disks are released when the job ends.
+    pub(super) async fn backup_vm(
+        self: Arc<Self>,
+        vm: String,
+        full: bool,
+    ) -> Result<JobId, RequestError> {
+        let live = self.live()?;
+        if self.storage.is_empty() {
+            return Err(RequestError::NoStorageNodes);
+        }
+        // One backup of a VM at a time: a second freeze would tear down the first one's.
+        {
+            let mut core = self.core();
+            if let Some(job) = core.running_job_of(&vm) {
+                return Err(RequestError::VmBusy { vm, job });
+            }
+            if !core.preparing.insert(vm.clone()) {
+                return Err(RequestError::VmBusy {
+                    vm,
+                    job: JobId("(being prepared)".into()),
+                });
+            }
+        }
+        let _preparing = Preparing {
+            c: &self,
+            vm: vm.clone(),
+        };
+        let host = self.find_vm(live.as_ref(), &vm).await?;
+        let (catalog, v) = (self.catalog.clone(), vm.clone());
+        let parent = blocking(move || catalog.latest(&v)).await?;
+        let id = SnapshotId::random();
+        let chunk_size = DEFAULT_CHUNK_SIZE;
+        let span = info_span!("backup_vm", job = %id, vm = %vm, host = %host.name);
+        let frozen = live
+            .freeze(&host, &vm, &id, parent.as_ref(), full, chunk_size)
+            .instrument(span.clone())
+            .await
+            .map_err(RequestError::Hypervisor)?;
+        let disks = frozen
+            .sources()
+            .into_iter()
+            .map(|s| DiskSource {
+                incremental: match (&s.bitmap, &parent) {
+                    (Some(bitmap), Some(p)) => Some(Incremental {
+                        bitmap: bitmap.clone(),
+                        parent: p.id.to_string(),
+                        base: None,
+                    }),
+                    _ => None,
+                },
+                name: s.disk,
+                source: s.source,
+                size: s.size,
+                cbt: Some(s.cbt),
+            })
+            .collect();
+        let mut req = JobRequest {
+            vm: vm.clone(),
+            host: host.name.clone(),
+            chunk_size,
+            disks,
+            id: Some(id),
+        };
+        let started = match self.load_bases(&mut req).await {
+            Ok(()) => self.start_backup(req),
+            Err(e) => Err(e),
+        };
+        let job = match started {
+            Ok(job) => job,
+            Err(e) => {
+                if let Err(r) = frozen.release(false).await {
+                    warn!(vm = %vm, error = %r, "releasing the VM's disks failed; the next backup cleans up");
+                }
+                return Err(e);
+            }
+        };
+        info!(parent: &span, "frozen; job started");
+        tokio::spawn(
+            self.clone()
+                .release_when_ended(job.clone(), frozen)
+                .instrument(span),
+        );
+        Ok(job)
+    }
+
+    /// Waits for `job` to end, then releases its VM's disks.
+    async fn release_when_ended(self: Arc<Self>, job: JobId, frozen: Box<dyn FrozenVm>) {
+        let rx = self.core().jobs.get(&job).map(|r| r.view.subscribe());
+        let committed = match rx {
+            Some(mut rx) => match rx.wait_for(|v| v.phase.is_ended()).await {
+                Ok(v) => matches!(v.phase, Phase::Committed { .. }),
+                // The coordinator is going away: leave the freeze for the next backup.
+                Err(_) => return,
+            },
+            None => false,
+        };
+        match frozen.release(committed).await {
+            Ok(()) => info!(committed, "VM disks released"),
+            Err(e) => {
+                warn!(error = %e, "releasing the VM's disks failed; the next backup cleans up")
+            }
+        }
+    }
+}
