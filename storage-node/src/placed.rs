@@ -39,6 +39,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,12 +58,18 @@ use crate::grpc::client::GrpcChunkStore;
 /// How long a node that failed a request is skipped by writes.
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
 
-/// One member: its address, its client once connected, and whether it is marked down.
+/// One member: its address, its client once connected, which of the client's
+/// connections was verified to reach it, and whether it is marked down.
 #[derive(Debug)]
 struct Member {
     /// `http://HOST:PORT`, or `None` when no address was given for it.
     url: Option<String>,
     client: Mutex<Option<GrpcChunkStore>>,
+    /// The [`GrpcChunkStore::connections`] count at which the node answering at `url` said
+    /// it is this member; 0 until then.
+    verified_at: AtomicU64,
+    /// Held while its identity is checked, so concurrent requests make one `Stats` call.
+    checking: tokio::sync::Mutex<()>,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -71,6 +78,8 @@ struct Member {
 pub struct PlacedChunkStore {
     membership: Membership,
     members: BTreeMap<NodeId, Member>,
+    /// The cluster every node must say it is in, when known.
+    cluster: Option<String>,
 }
 
 /// Whether an error says the node is unusable right now (as opposed to "this request is
@@ -134,6 +143,8 @@ impl PlacedChunkStore {
                 let member = Member {
                     url,
                     client: Mutex::new(None),
+                    verified_at: AtomicU64::new(0),
+                    checking: tokio::sync::Mutex::new(()),
                     down_until: Mutex::new(None),
                 };
                 (id.clone(), member)
@@ -142,7 +153,15 @@ impl PlacedChunkStore {
         PlacedChunkStore {
             membership,
             members,
+            cluster: None,
         }
+    }
+
+    /// Also requires every node to say it is in `cluster` (its config's `cluster`; `""`
+    /// for a node whose config names none). Without it only node ids are checked.
+    pub fn with_cluster(mut self, cluster: &str) -> PlacedChunkStore {
+        self.cluster = Some(cluster.to_string());
+        self
     }
 
     /// The nodes and replica count chunks are placed by.
@@ -194,7 +213,8 @@ impl PlacedChunkStore {
             .sum()
     }
 
-    /// The client for one member, connecting lazily (needs a tokio runtime).
+    /// The client for one member, connecting lazily (needs a tokio runtime). Its identity
+    /// is not checked: [`PlacedChunkStore::verified`] does that.
     pub fn node(&self, id: &NodeId) -> Result<GrpcChunkStore, StoreError> {
         let member = self
             .members
@@ -275,10 +295,9 @@ impl PlacedChunkStore {
             }
             let results = join_all(asks.into_iter().map(|(node, at)| async move {
                 let ds: Vec<Digest> = at.iter().map(|&i| digests[i]).collect();
-                let r = match self.node(&node) {
-                    Ok(c) => c.missing(&ds).await,
-                    Err(e) => Err(e),
-                };
+                let r = self
+                    .ask(&node, |c| async move { c.missing(&ds).await })
+                    .await;
                 (node, at, r)
             }))
             .await;
@@ -336,10 +355,9 @@ impl PlacedChunkStore {
             let records = &records;
             let results = join_all(sends.into_iter().map(|(node, at)| async move {
                 let batch = at.iter().map(|&i| records[i].clone()).collect();
-                let r = match self.node(&node) {
-                    Ok(c) => c.put_records(batch).await,
-                    Err(e) => Err(e),
-                };
+                let r = self
+                    .ask(&node, |c| async move { c.put_records(batch).await })
+                    .await;
                 (node, at, r)
             }))
             .await;
@@ -405,10 +423,9 @@ impl PlacedChunkStore {
             .partition(|n| self.is_live(n));
         let mut tried: Vec<(NodeId, StoreError)> = Vec::new();
         for node in live.into_iter().chain(down) {
-            let r = match self.node(&node) {
-                Ok(c) => c.read(digest).await,
-                Err(e) => Err(e),
-            };
+            let r = self
+                .ask(&node, |c| async move { c.read(digest).await })
+                .await;
             match r {
                 Ok(data) => {
                     self.mark_up(&node);
@@ -477,5 +494,8 @@ impl ChunkStore for PlacedChunkStore {
     }
 }
 
+mod identity;
 #[cfg(test)]
 mod tests;
+
+pub use identity::WrongNode;

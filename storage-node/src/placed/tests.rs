@@ -214,3 +214,107 @@ fn a_member_without_an_address_is_unreachable_and_non_members_are_refused() {
         Err(StoreError::Backend(_))
     ));
 }
+
+/// A store over `nodes` whose member `id` is reached at `addr` instead.
+fn with_member_at(nodes: &[TestNode], replicas: usize, id: &str, addr: String) -> PlacedChunkStore {
+    let mut ids: Vec<NodeId> = nodes.iter().map(|n| n.id.clone()).collect();
+    ids.push(NodeId::from(id));
+    let replicas = std::num::NonZeroUsize::new(replicas).expect("replicas > 0");
+    let mut addrs = crate::testing::addrs(nodes);
+    addrs.insert(NodeId::from(id), addr);
+    PlacedChunkStore::new(Membership::with_nodes(replicas, ids), addrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_answering_as_another_node_is_refused_and_never_written_to() {
+    let nodes = start_nodes(2).await;
+    // sn-9's address is sn-2's: sn-2 answers there.
+    let store = with_member_at(&nodes[..1], 2, "sn-9", nodes[1].addr.to_string());
+    let data = chunks("imposter", 20);
+    let out = store.put(encoded(&data)).await.expect("put on sn-1 alone");
+    assert_eq!(out.chunks_new, 20);
+    let sn9 = NodeId::from("sn-9");
+    assert!(!store.is_live(&sn9), "a node failure");
+    assert_eq!(
+        nodes[1].client().await.stats().await.expect("stats").chunks,
+        0,
+        "nothing was written to the node answering as sn-2"
+    );
+    for (plain, chunk) in &data {
+        assert_eq!(
+            &store.read(&chunk.digest).await.expect("read")[..],
+            &plain[..]
+        );
+    }
+    let e = store.verified(&sn9).await.expect_err("not sn-9");
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    let want = format!(
+        "storage node at http://{} answers as node sn-2 of no cluster, expected node sn-9",
+        nodes[1].addr
+    );
+    assert!(e.to_string().ends_with(&want), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_of_another_cluster_is_refused() {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let nodes = vec![TestNode::start_at("sn-1", Some("blue"), any).await];
+    let sn1 = NodeId::from("sn-1");
+    let blue = placed(&nodes, 1).with_cluster("blue");
+    blue.verified(&sn1).await.expect("sn-1 of cluster blue");
+    // Without a cluster name only the id is checked.
+    placed(&nodes, 1).verified(&sn1).await.expect("sn-1");
+
+    let green = placed(&nodes, 1).with_cluster("green");
+    let e = green.verified(&sn1).await.expect_err("another cluster");
+    assert!(
+        e.to_string()
+            .ends_with("answers as node sn-1 of cluster blue, expected node sn-1 of cluster green"),
+        "{e}"
+    );
+    let (plain, chunk) = &chunks("blue", 1)[0];
+    assert!(green.put(vec![chunk.clone()]).await.is_err());
+    blue.put(vec![chunk.clone()]).await.expect("put");
+    let e = green.read(&chunk.digest).await.expect_err("refused");
+    assert!(e.to_string().contains("of cluster blue"), "{e}");
+    assert_eq!(
+        &blue.read(&chunk.digest).await.expect("read")[..],
+        &plain[..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_is_checked_again_after_a_reconnect() {
+    let mut nodes = start_nodes(2).await;
+    let store = placed(&nodes, 2);
+    let before = chunks("before", 20);
+    store.put(encoded(&before)).await.expect("put");
+
+    // sn-1 stops and another node takes its port; sn-2 restarts as itself.
+    nodes[0].stop().await;
+    let imposter = TestNode::start_at("sn-x", None, nodes[0].addr).await;
+    nodes[1].restart().await;
+    let during = chunks("during", 20);
+    store
+        .put(encoded(&during))
+        .await
+        .expect("put on sn-2 alone");
+    let (sn1, sn2) = (NodeId::from("sn-1"), NodeId::from("sn-2"));
+    assert!(
+        !store.is_live(&sn1),
+        "the node at sn-1's address is not sn-1"
+    );
+    assert!(store.is_live(&sn2), "sn-2 restarted is still sn-2");
+    for h in holders(&[&nodes[1]], &digests(&during)).await {
+        assert_eq!(h.len(), 1, "on sn-2");
+    }
+    for (plain, chunk) in before.iter().chain(&during) {
+        assert_eq!(
+            &store.read(&chunk.digest).await.expect("read")[..],
+            &plain[..]
+        );
+    }
+    let e = store.verified(&sn1).await.expect_err("sn-x");
+    assert!(e.to_string().contains("answers as node sn-x"), "{e}");
+    drop(imposter);
+}
