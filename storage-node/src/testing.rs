@@ -233,3 +233,32 @@ impl NodeStore for Lying {
         self.0.node_stats().await
     }
 }
+
+/// A hung node: a TCP listener on 127.0.0.1 that accepts connections and never answers on
+/// them (a request to it waits for the client's timeout). Stops when dropped.
+pub struct HungNode {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl HungNode {
+    pub async fn start() -> HungNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        HungNode { addr, task }
+    }
+}
+
+impl Drop for HungNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use bora_core::store::{ChunkStore, StoreError};
 
 use super::*;
-use crate::testing::{TestNode, chunks, digests, encoded, holders, placed, start_nodes};
+use crate::testing::{HungNode, TestNode, chunks, digests, encoded, holders, placed, start_nodes};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_then_read_with_each_chunk_on_exactly_its_owners() {
@@ -317,4 +317,133 @@ async fn a_node_is_checked_again_after_a_reconnect() {
     let e = store.verified(&sn1).await.expect_err("sn-x");
     assert!(e.to_string().contains("answers as node sn-x"), "{e}");
     drop(imposter);
+}
+
+/// Longest a read may take in the tests below; a hung node holds a request until the
+/// client's HTTP/2 keep-alive gives up on it (15 s) or its request timeout (60 s).
+const READ_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads every chunk through `store`, each within [`READ_BOUND`].
+async fn read_all_quickly(store: &PlacedChunkStore, data: &[(Vec<u8>, EncodedChunk)]) {
+    for (plain, chunk) in data {
+        let read = tokio::time::timeout(READ_BOUND, store.read(&chunk.digest))
+            .await
+            .unwrap_or_else(|_| panic!("read of {} took over {READ_BOUND:?}", chunk.digest));
+        assert_eq!(&read.expect("read")[..], &plain[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_first_owner_does_not_hold_reads_up() {
+    let nodes = start_nodes(2).await;
+    let hung = HungNode::start().await;
+    let store = with_member_at(&nodes, 2, "sn-hung", hung.addr.to_string());
+    let data = chunks("hung", 60);
+    // Put around the hung node, which would hold the put.
+    for n in &nodes {
+        n.client().await.put(encoded(&data)).await.expect("put");
+    }
+    let hung_id = NodeId::from("sn-hung");
+    let hung_first: Vec<_> = data
+        .iter()
+        .filter(|(_, c)| store.membership().ranking(&c.digest)[0] == hung_id)
+        .cloned()
+        .collect();
+    assert!(hung_first.len() >= 5, "{} chunks", hung_first.len());
+    read_all_quickly(&store, &hung_first).await;
+    // Concurrent reads too.
+    let all = futures::future::join_all(hung_first.iter().map(|(_, c)| store.read(&c.digest)));
+    let reads = tokio::time::timeout(READ_BOUND, all)
+        .await
+        .expect("concurrent reads in time");
+    for (r, (plain, _)) in reads.into_iter().zip(&hung_first) {
+        assert_eq!(&r.expect("read")[..], &plain[..]);
+    }
+    assert!(store.hedge_delay() <= HEDGE_MAX);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_copy_and_a_hung_node_do_not_stop_the_good_copy() {
+    let nodes = vec![
+        TestNode::start("sn-1").await,
+        TestNode::start_lying("sn-2").await,
+    ];
+    let hung = HungNode::start().await;
+    let store = with_member_at(&nodes, 3, "sn-hung", hung.addr.to_string());
+    let data = chunks("good copy", 60);
+    for n in &nodes {
+        n.client().await.put(encoded(&data)).await.expect("put");
+    }
+    // Every order of the three shows up among 60 chunks.
+    let orders: BTreeSet<Vec<NodeId>> = data
+        .iter()
+        .map(|(_, c)| store.membership().ranking(&c.digest))
+        .collect();
+    assert_eq!(orders.len(), 6);
+    read_all_quickly(&store, &data).await;
+    assert!(store.is_live(&NodeId::from("sn-2")), "corrupt is not down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_every_node_fails_says_which_nodes_were_tried_and_why() {
+    let mut nodes = vec![
+        TestNode::start("sn-1").await,
+        TestNode::start_lying("sn-2").await,
+        TestNode::start("sn-3").await,
+    ];
+    let store = placed(&nodes, 1);
+    let (_, chunk) = &chunks("lost", 1)[0];
+    nodes[1]
+        .client()
+        .await
+        .put(vec![chunk.clone()])
+        .await
+        .expect("put on sn-2");
+    nodes[0].stop().await;
+
+    // sn-1 is down, sn-2 has a corrupt copy, sn-3 none.
+    let e = store.read(&chunk.digest).await.expect_err("no good copy");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+    let msg = e.to_string();
+    for said in [
+        "sn-1: ",
+        "sn-2: ",
+        "sn-3: ",
+        "not in the store",
+        "digest mismatch",
+    ] {
+        assert!(msg.contains(said), "{said:?} in {msg}");
+    }
+    // A chunk nobody has, with a node down: not a plain "not found".
+    let absent = Digest::of(b"never stored");
+    let e = store.read(&absent).await.expect_err("absent");
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    let msg = e.to_string();
+    for said in ["sn-1: ", "sn-2: ", "sn-3: ", "not in the store"] {
+        assert!(msg.contains(said), "{said:?} in {msg}");
+    }
+}
+
+#[test]
+fn the_hedge_delay_follows_read_latency_within_bounds() {
+    let ms = std::time::Duration::from_millis;
+    let latency = ReadLatency::default();
+    assert_eq!(latency.hedge_delay(), HEDGE_MIN, "before any read");
+    latency.record(ms(1));
+    assert_eq!(latency.hedge_delay(), HEDGE_MIN, "fast reads");
+    latency.record(ms(1000));
+    let slower = latency.hedge_delay();
+    assert!(slower > HEDGE_MIN, "{slower:?}");
+    for _ in 0..100 {
+        latency.record(ms(1000));
+    }
+    assert_eq!(latency.hedge_delay(), HEDGE_MAX, "slow reads");
+    for _ in 0..100 {
+        latency.record(ms(50));
+    }
+    let d = latency.hedge_delay();
+    assert!(
+        d > ms(140) && d < ms(160),
+        "{HEDGE_FACTOR} × 50 ms, got {d:?}"
+    );
 }
