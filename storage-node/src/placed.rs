@@ -23,11 +23,24 @@
 //!   reachable target (at least one); the shortfall is logged as a warning
 //!   (under-replicated) for repair to fix. A request error (invalid chunk, size conflict)
 //!   fails the put at once.
-//! - **`read`** tries the ranking's live nodes in order, then the nodes marked down, and
-//!   returns the first copy that verifies against its digest; not found, corrupt or
-//!   unreachable on one node means trying the next. When every node fails, the error
+//! - **`read`** asks the ranking's live nodes, then the nodes marked down, and returns
+//!   the first copy that verifies against its digest (a corrupt copy is never returned).
+//!   Reads are hedged: a node is asked, and if it has not answered within the hedge delay
+//!   ([`PlacedChunkStore::hedge_delay`]: three times the recent mean read latency, 20 ms to
+//!   500 ms) the next node is asked too, and so on; the first good copy wins and the other
+//!   requests are cancelled. A node that answers not found, corrupt or with a node failure
+//!   hands over to the next node at once. So a slow or hung node delays a read by at most
+//!   the hedge delay while another node has the chunk. When every node fails, the error
 //!   names each node and what it said (plain `NotFound` when every member answered that
 //!   it does not have the chunk).
+//! - **Node identity.** A node is used only once the process answering at its address has
+//!   said (`Stats`) that it is that member — the same node id, and the same cluster when
+//!   the store was given one ([`PlacedChunkStore::with_cluster`]). The check is made once
+//!   per connection, and again when the channel has reconnected (a node restarted, or its
+//!   port reused by another node); a request that went out over a new connection counts
+//!   only if the node behind it passes. Another node at the address is a node failure
+//!   ([`WrongNode`]). (A request sent before such a check may still have reached the other
+//!   node: a put then leaves harmless extra chunks there, and is retried elsewhere.)
 //! - **Counts.** `put` returns node counts scaled to the chunks passed in: `chunks_new +
 //!   chunks_existing` equals the number of chunks, `chunks_new` is the share of copies that
 //!   were new (exact when all copies agree, as they do for the worker's "missing → put"),
@@ -39,6 +52,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,15 +68,28 @@ use tracing::Instrument;
 use crate::grpc::chunk_to_wire;
 use crate::grpc::client::GrpcChunkStore;
 
+mod identity;
+mod read;
+
+pub use identity::WrongNode;
+use read::ReadLatency;
+pub use read::{HEDGE_FACTOR, HEDGE_MAX, HEDGE_MIN};
+
 /// How long a node that failed a request is skipped by writes.
 pub const DOWN_FOR: Duration = Duration::from_secs(5);
 
-/// One member: its address, its client once connected, and whether it is marked down.
+/// One member: its address, its client once connected, which of the client's
+/// connections was verified to reach it, and whether it is marked down.
 #[derive(Debug)]
 struct Member {
     /// `http://HOST:PORT`, or `None` when no address was given for it.
     url: Option<String>,
     client: Mutex<Option<GrpcChunkStore>>,
+    /// The [`GrpcChunkStore::connections`] count at which the node answering at `url` said
+    /// it is this member; 0 until then.
+    verified_at: AtomicU64,
+    /// Held while its identity is checked, so concurrent requests make one `Stats` call.
+    checking: tokio::sync::Mutex<()>,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -71,6 +98,9 @@ struct Member {
 pub struct PlacedChunkStore {
     membership: Membership,
     members: BTreeMap<NodeId, Member>,
+    /// The cluster every node must say it is in, when known.
+    cluster: Option<String>,
+    read_latency: ReadLatency,
 }
 
 /// Whether an error says the node is unusable right now (as opposed to "this request is
@@ -134,6 +164,8 @@ impl PlacedChunkStore {
                 let member = Member {
                     url,
                     client: Mutex::new(None),
+                    verified_at: AtomicU64::new(0),
+                    checking: tokio::sync::Mutex::new(()),
                     down_until: Mutex::new(None),
                 };
                 (id.clone(), member)
@@ -142,7 +174,16 @@ impl PlacedChunkStore {
         PlacedChunkStore {
             membership,
             members,
+            cluster: None,
+            read_latency: ReadLatency::default(),
         }
+    }
+
+    /// Also requires every node to say it is in `cluster` (its config's `cluster`; `""`
+    /// for a node whose config names none). Without it only node ids are checked.
+    pub fn with_cluster(mut self, cluster: &str) -> PlacedChunkStore {
+        self.cluster = Some(cluster.to_string());
+        self
     }
 
     /// The nodes and replica count chunks are placed by.
@@ -194,7 +235,8 @@ impl PlacedChunkStore {
             .sum()
     }
 
-    /// The client for one member, connecting lazily (needs a tokio runtime).
+    /// The client for one member, connecting lazily (needs a tokio runtime). Its identity
+    /// is not checked: [`PlacedChunkStore::verified`] does that.
     pub fn node(&self, id: &NodeId) -> Result<GrpcChunkStore, StoreError> {
         let member = self
             .members
@@ -275,10 +317,9 @@ impl PlacedChunkStore {
             }
             let results = join_all(asks.into_iter().map(|(node, at)| async move {
                 let ds: Vec<Digest> = at.iter().map(|&i| digests[i]).collect();
-                let r = match self.node(&node) {
-                    Ok(c) => c.missing(&ds).await,
-                    Err(e) => Err(e),
-                };
+                let r = self
+                    .ask(&node, |c| async move { c.missing(&ds).await })
+                    .await;
                 (node, at, r)
             }))
             .await;
@@ -336,10 +377,9 @@ impl PlacedChunkStore {
             let records = &records;
             let results = join_all(sends.into_iter().map(|(node, at)| async move {
                 let batch = at.iter().map(|&i| records[i].clone()).collect();
-                let r = match self.node(&node) {
-                    Ok(c) => c.put_records(batch).await,
-                    Err(e) => Err(e),
-                };
+                let r = self
+                    .ask(&node, |c| async move { c.put_records(batch).await })
+                    .await;
                 (node, at, r)
             }))
             .await;
@@ -394,67 +434,6 @@ impl PlacedChunkStore {
             chunks_new,
             chunks_existing: total - chunks_new,
             bytes_written: sums.bytes_written,
-        })
-    }
-
-    async fn read_placed(&self, digest: &Digest) -> Result<Bytes, StoreError> {
-        let (live, down): (Vec<NodeId>, Vec<NodeId>) = self
-            .membership
-            .ranking(digest)
-            .into_iter()
-            .partition(|n| self.is_live(n));
-        let mut tried: Vec<(NodeId, StoreError)> = Vec::new();
-        for node in live.into_iter().chain(down) {
-            let r = match self.node(&node) {
-                Ok(c) => c.read(digest).await,
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(data) => {
-                    self.mark_up(&node);
-                    if !tried.is_empty() {
-                        tracing::info!(chunk = %digest, %node, "read from a later replica");
-                    }
-                    return Ok(data);
-                }
-                Err(e @ StoreError::Invalid(_)) => return Err(on_node(&node, e)),
-                Err(e) => {
-                    if is_node_failure(&e) {
-                        self.mark_down(&node, &e);
-                    } else if matches!(e, StoreError::Corrupt { .. }) {
-                        tracing::warn!(chunk = %digest, %node, error = %e, "corrupt replica; trying the next");
-                    }
-                    tried.push((node, e));
-                }
-            }
-        }
-        if tried.is_empty() {
-            return Err(StoreError::Backend(format!(
-                "cannot read chunk {digest}: there are no storage nodes"
-            )));
-        }
-        if tried
-            .iter()
-            .all(|(_, e)| matches!(e, StoreError::NotFound(_)))
-        {
-            tracing::debug!(chunk = %digest, nodes = %names(tried.iter().map(|(n, _)| n)), "no node has the chunk");
-            return Err(StoreError::NotFound(*digest));
-        }
-        let said: Vec<String> = tried.iter().map(|(n, e)| format!("{n}: {e}")).collect();
-        let said = said.join("; ");
-        let corrupt = tried.into_iter().find_map(|(_, e)| match e {
-            StoreError::Corrupt { source, .. } => Some(source),
-            _ => None,
-        });
-        Err(match corrupt {
-            Some(source) => StoreError::Corrupt {
-                digest: *digest,
-                location: format!("no storage node has a good copy: {said}"),
-                source,
-            },
-            None => StoreError::Backend(format!(
-                "chunk {digest} could not be read from any storage node: {said}"
-            )),
         })
     }
 }

@@ -17,7 +17,9 @@
 //! else moves). Members that cannot be listed are reported and skipped — nothing is copied
 //! to them, and chunks only they hold are not seen; run repair again once they are back.
 //! Repair is idempotent, and chunks put while it runs are either seen or left for the
-//! next run.
+//! next run. Nodes are asked through the store's identity check
+//! ([`PlacedChunkStore::verified`]): a node answering at a member's address as another
+//! node is that member being unreachable.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -30,7 +32,6 @@ use futures::future::join_all;
 use tracing::Instrument;
 
 use crate::grpc::chunk_to_wire;
-use crate::grpc::client::GrpcChunkStore;
 use crate::placed::{PlacedChunkStore, is_node_failure};
 
 /// Digests asked for per `ListDigests` page.
@@ -88,7 +89,6 @@ pub enum RepairError {
 /// One node's digest list, read a page at a time.
 struct Cursor {
     node: NodeId,
-    client: GrpcChunkStore,
     page: VecDeque<Digest>,
     last: Option<Digest>,
     done: bool,
@@ -96,9 +96,14 @@ struct Cursor {
 
 impl Cursor {
     /// The node's smallest digest not consumed yet, fetching the next page when needed.
-    async fn head(&mut self) -> Result<Option<Digest>, StoreError> {
+    async fn head(&mut self, store: &PlacedChunkStore) -> Result<Option<Digest>, StoreError> {
         while self.page.is_empty() && !self.done {
-            let page = self.client.list_digests(self.last, LIST_PAGE).await?;
+            let last = self.last;
+            let page = store
+                .ask(&self.node, |c| async move {
+                    c.list_digests(last, LIST_PAGE).await
+                })
+                .await?;
             // An empty page ends the list even if the node says otherwise.
             self.done = page.done || page.digests.is_empty();
             if let Some(last) = page.digests.last() {
@@ -135,20 +140,13 @@ async fn run(store: &PlacedChunkStore) -> Result<RepairReport, RepairError> {
     let mut report = RepairReport::default();
     let mut cursors = Vec::new();
     for node in store.membership().nodes() {
-        let first = match store.node(node) {
-            Ok(client) => {
-                let mut cursor = Cursor {
-                    node: node.clone(),
-                    client,
-                    page: VecDeque::new(),
-                    last: None,
-                    done: false,
-                };
-                cursor.head().await.map(|_| cursor)
-            }
-            Err(e) => Err(e),
+        let mut cursor = Cursor {
+            node: node.clone(),
+            page: VecDeque::new(),
+            last: None,
+            done: false,
         };
-        match first {
+        match cursor.head(store).await.map(|_| cursor) {
             Ok(cursor) => {
                 store.mark_up(node);
                 cursors.push(cursor);
@@ -179,7 +177,7 @@ async fn run(store: &PlacedChunkStore) -> Result<RepairReport, RepairError> {
     loop {
         let mut smallest: Option<Digest> = None;
         for c in &mut cursors {
-            let head = c.head().await.map_err(|source| RepairError::List {
+            let head = c.head(store).await.map_err(|source| RepairError::List {
                 node: c.node.clone(),
                 source,
             })?;
@@ -253,10 +251,10 @@ impl Copier<'_> {
     async fn read(&self, copy: &CopyJob) -> Read {
         let mut node_failed = false;
         for node in copy.sources.iter().filter(|n| !self.failed.contains(*n)) {
-            let got = match self.store.node(node) {
-                Ok(c) => c.read_record(&copy.digest).await,
-                Err(e) => Err(e),
-            };
+            let got = self
+                .store
+                .ask(node, |c| async move { c.read_record(&copy.digest).await })
+                .await;
             match got {
                 Ok(chunk) => return Read::Record(chunk_to_wire(chunk)),
                 Err(e) => {
@@ -305,10 +303,11 @@ impl Copier<'_> {
             let bytes: u64 = records.iter().map(|r| r.record.len() as u64).sum();
             let r = match this.failed.contains(&node) {
                 true => Err(StoreError::Backend("failed earlier in this run".into())),
-                false => match this.store.node(&node) {
-                    Ok(c) => c.put_records(records).await,
-                    Err(e) => Err(e),
-                },
+                false => {
+                    this.store
+                        .ask(&node, |c| async move { c.put_records(records).await })
+                        .await
+                }
             };
             (node, count, bytes, r)
         }))

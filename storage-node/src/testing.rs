@@ -29,6 +29,8 @@ pub struct TestNode {
     pub id: NodeId,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// The cluster named in its config.
+    pub cluster: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServiceError>>>,
 }
@@ -36,11 +38,17 @@ pub struct TestNode {
 impl TestNode {
     /// A new node with an empty store, on a free loopback port.
     pub async fn start(id: &str) -> TestNode {
+        TestNode::start_at(id, None, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// A new node with an empty store, in `cluster`, on `addr` (port 0: a free one).
+    pub async fn start_at(id: &str, cluster: Option<&str>, addr: SocketAddr) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut node = TestNode {
             id: NodeId::from(id),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr,
             dir,
+            cluster: cluster.map(str::to_string),
             stop: None,
             task: None,
         };
@@ -57,22 +65,25 @@ impl TestNode {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let name = id.to_string();
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(StorageService::new(Arc::new(Lying(store))).into_server())
+                .add_service(
+                    StorageService::new(Arc::new(Lying(store)))
+                        .with_identity(&name, "")
+                        .into_server(),
+                )
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 })
                 .await
-                .map_err(|source| ServiceError::Serve {
-                    id: "liar".into(),
-                    source,
-                })
+                .map_err(|source| ServiceError::Serve { id: name, source })
         });
         TestNode {
             id: NodeId::from(id),
             addr,
             dir,
+            cluster: None,
             stop: Some(stop),
             task: Some(task),
         }
@@ -83,7 +94,7 @@ impl TestNode {
             id: self.id.0.clone(),
             listen: self.addr.to_string(),
             data_dir: self.dir.path().join("data"),
-            cluster: None,
+            cluster: self.cluster.clone(),
         }
     }
 
@@ -220,5 +231,34 @@ impl NodeStore for Lying {
 
     async fn node_stats(&self) -> Result<NodeStats, StoreError> {
         self.0.node_stats().await
+    }
+}
+
+/// A hung node: a TCP listener on 127.0.0.1 that accepts connections and never answers on
+/// them (a request to it waits for the client's timeout). Stops when dropped.
+pub struct HungNode {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl HungNode {
+    pub async fn start() -> HungNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        HungNode { addr, task }
+    }
+}
+
+impl Drop for HungNode {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -23,6 +23,9 @@ use bora_proto::storage::{
 
 use super::{MAX_LIST_LIMIT, MAX_MESSAGE_BYTES, chunk_to_wire, digest_to_wire};
 use crate::node_store::{DigestPage, NodeStats};
+use connector::CountingConnector;
+
+mod connector;
 
 /// How long connecting to a storage node may take before the request fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,6 +77,8 @@ pub struct GrpcChunkStore {
     client: StorageClient<Channel>,
     /// Request bytes sent (protobuf messages + gRPC framing), shared by clones.
     sent: Arc<AtomicU64>,
+    /// TCP connections the channel has made, shared by clones.
+    connections: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for GrpcChunkStore {
@@ -82,41 +87,56 @@ impl std::fmt::Debug for GrpcChunkStore {
     }
 }
 
+/// The endpoint at `url`; its TCP settings (`TCP_NODELAY`) are the connector's.
 fn endpoint(url: &str) -> Result<Endpoint, StoreError> {
     Ok(Endpoint::from_shared(url.to_string())
         .map_err(|e| StoreError::Invalid(format!("storage node address {url}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
-        .tcp_nodelay(true)
         // Finds a connection to a host that vanished without waiting for the timeout.
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5)))
 }
 
 impl GrpcChunkStore {
-    fn over(channel: Channel) -> GrpcChunkStore {
+    fn over(channel: Channel, connections: Arc<AtomicU64>) -> GrpcChunkStore {
         GrpcChunkStore {
             client: StorageClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             sent: Arc::new(AtomicU64::new(0)),
+            connections,
         }
     }
 
     /// Connects to a storage node at `url` (e.g. `http://127.0.0.1:7001`) now.
     pub async fn connect(url: &str) -> Result<GrpcChunkStore, StoreError> {
+        let connector = CountingConnector::new();
+        let connections = connector.made();
         let channel = endpoint(url)?
-            .connect()
+            .connect_with_connector(connector)
             .await
             .map_err(|e| StoreError::Backend(format!("connecting to storage node {url}: {e}")))?;
-        Ok(Self::over(channel))
+        Ok(Self::over(channel, connections))
     }
 
     /// A client for the storage node at `url` that connects on its first request (and
     /// reconnects after a failure); fails only if `url` is malformed. Call it from within
     /// a tokio runtime.
     pub fn connect_lazy(url: &str) -> Result<GrpcChunkStore, StoreError> {
-        Ok(Self::over(endpoint(url)?.connect_lazy()))
+        let connector = CountingConnector::new();
+        let connections = connector.made();
+        Ok(Self::over(
+            endpoint(url)?.connect_with_connector_lazy(connector),
+            connections,
+        ))
+    }
+
+    /// TCP connections made so far by this client's channel (shared by its clones): 0
+    /// before the first request, and one more each time the channel has reconnected, after
+    /// which requests may reach another process than before at the same address.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Request bytes sent so far by this client and its clones: protobuf messages and

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use bora_core::store::{ChunkStore, StoreError};
 
 use super::*;
-use crate::testing::{TestNode, chunks, digests, encoded, holders, placed, start_nodes};
+use crate::testing::{HungNode, TestNode, chunks, digests, encoded, holders, placed, start_nodes};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_then_read_with_each_chunk_on_exactly_its_owners() {
@@ -213,4 +213,237 @@ fn a_member_without_an_address_is_unreachable_and_non_members_are_refused() {
         store.node(&"a".into()),
         Err(StoreError::Backend(_))
     ));
+}
+
+/// A store over `nodes` whose member `id` is reached at `addr` instead.
+fn with_member_at(nodes: &[TestNode], replicas: usize, id: &str, addr: String) -> PlacedChunkStore {
+    let mut ids: Vec<NodeId> = nodes.iter().map(|n| n.id.clone()).collect();
+    ids.push(NodeId::from(id));
+    let replicas = std::num::NonZeroUsize::new(replicas).expect("replicas > 0");
+    let mut addrs = crate::testing::addrs(nodes);
+    addrs.insert(NodeId::from(id), addr);
+    PlacedChunkStore::new(Membership::with_nodes(replicas, ids), addrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_answering_as_another_node_is_refused_and_never_written_to() {
+    let nodes = start_nodes(2).await;
+    // sn-9's address is sn-2's: sn-2 answers there.
+    let store = with_member_at(&nodes[..1], 2, "sn-9", nodes[1].addr.to_string());
+    let data = chunks("imposter", 20);
+    let out = store.put(encoded(&data)).await.expect("put on sn-1 alone");
+    assert_eq!(out.chunks_new, 20);
+    let sn9 = NodeId::from("sn-9");
+    assert!(!store.is_live(&sn9), "a node failure");
+    assert_eq!(
+        nodes[1].client().await.stats().await.expect("stats").chunks,
+        0,
+        "nothing was written to the node answering as sn-2"
+    );
+    for (plain, chunk) in &data {
+        assert_eq!(
+            &store.read(&chunk.digest).await.expect("read")[..],
+            &plain[..]
+        );
+    }
+    let e = store.verified(&sn9).await.expect_err("not sn-9");
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    let want = format!(
+        "storage node at http://{} answers as node sn-2 of no cluster, expected node sn-9",
+        nodes[1].addr
+    );
+    assert!(e.to_string().ends_with(&want), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_of_another_cluster_is_refused() {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let nodes = vec![TestNode::start_at("sn-1", Some("blue"), any).await];
+    let sn1 = NodeId::from("sn-1");
+    let blue = placed(&nodes, 1).with_cluster("blue");
+    blue.verified(&sn1).await.expect("sn-1 of cluster blue");
+    // Without a cluster name only the id is checked.
+    placed(&nodes, 1).verified(&sn1).await.expect("sn-1");
+
+    let green = placed(&nodes, 1).with_cluster("green");
+    let e = green.verified(&sn1).await.expect_err("another cluster");
+    assert!(
+        e.to_string()
+            .ends_with("answers as node sn-1 of cluster blue, expected node sn-1 of cluster green"),
+        "{e}"
+    );
+    let (plain, chunk) = &chunks("blue", 1)[0];
+    assert!(green.put(vec![chunk.clone()]).await.is_err());
+    blue.put(vec![chunk.clone()]).await.expect("put");
+    let e = green.read(&chunk.digest).await.expect_err("refused");
+    assert!(e.to_string().contains("of cluster blue"), "{e}");
+    assert_eq!(
+        &blue.read(&chunk.digest).await.expect("read")[..],
+        &plain[..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_is_checked_again_after_a_reconnect() {
+    let mut nodes = start_nodes(2).await;
+    let store = placed(&nodes, 2);
+    let before = chunks("before", 20);
+    store.put(encoded(&before)).await.expect("put");
+
+    // sn-1 stops and another node takes its port; sn-2 restarts as itself.
+    nodes[0].stop().await;
+    let imposter = TestNode::start_at("sn-x", None, nodes[0].addr).await;
+    nodes[1].restart().await;
+    let during = chunks("during", 20);
+    store
+        .put(encoded(&during))
+        .await
+        .expect("put on sn-2 alone");
+    let (sn1, sn2) = (NodeId::from("sn-1"), NodeId::from("sn-2"));
+    assert!(
+        !store.is_live(&sn1),
+        "the node at sn-1's address is not sn-1"
+    );
+    assert!(store.is_live(&sn2), "sn-2 restarted is still sn-2");
+    for h in holders(&[&nodes[1]], &digests(&during)).await {
+        assert_eq!(h.len(), 1, "on sn-2");
+    }
+    for (plain, chunk) in before.iter().chain(&during) {
+        assert_eq!(
+            &store.read(&chunk.digest).await.expect("read")[..],
+            &plain[..]
+        );
+    }
+    let e = store.verified(&sn1).await.expect_err("sn-x");
+    assert!(e.to_string().contains("answers as node sn-x"), "{e}");
+    drop(imposter);
+}
+
+/// Longest a read may take in the tests below; a hung node holds a request until the
+/// client's HTTP/2 keep-alive gives up on it (15 s) or its request timeout (60 s).
+const READ_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads every chunk through `store`, each within [`READ_BOUND`].
+async fn read_all_quickly(store: &PlacedChunkStore, data: &[(Vec<u8>, EncodedChunk)]) {
+    for (plain, chunk) in data {
+        let read = tokio::time::timeout(READ_BOUND, store.read(&chunk.digest))
+            .await
+            .unwrap_or_else(|_| panic!("read of {} took over {READ_BOUND:?}", chunk.digest));
+        assert_eq!(&read.expect("read")[..], &plain[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_first_owner_does_not_hold_reads_up() {
+    let nodes = start_nodes(2).await;
+    let hung = HungNode::start().await;
+    let store = with_member_at(&nodes, 2, "sn-hung", hung.addr.to_string());
+    let data = chunks("hung", 60);
+    // Put around the hung node, which would hold the put.
+    for n in &nodes {
+        n.client().await.put(encoded(&data)).await.expect("put");
+    }
+    let hung_id = NodeId::from("sn-hung");
+    let hung_first: Vec<_> = data
+        .iter()
+        .filter(|(_, c)| store.membership().ranking(&c.digest)[0] == hung_id)
+        .cloned()
+        .collect();
+    assert!(hung_first.len() >= 5, "{} chunks", hung_first.len());
+    read_all_quickly(&store, &hung_first).await;
+    // Concurrent reads too.
+    let all = futures::future::join_all(hung_first.iter().map(|(_, c)| store.read(&c.digest)));
+    let reads = tokio::time::timeout(READ_BOUND, all)
+        .await
+        .expect("concurrent reads in time");
+    for (r, (plain, _)) in reads.into_iter().zip(&hung_first) {
+        assert_eq!(&r.expect("read")[..], &plain[..]);
+    }
+    assert!(store.hedge_delay() <= HEDGE_MAX);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_copy_and_a_hung_node_do_not_stop_the_good_copy() {
+    let nodes = vec![
+        TestNode::start("sn-1").await,
+        TestNode::start_lying("sn-2").await,
+    ];
+    let hung = HungNode::start().await;
+    let store = with_member_at(&nodes, 3, "sn-hung", hung.addr.to_string());
+    let data = chunks("good copy", 60);
+    for n in &nodes {
+        n.client().await.put(encoded(&data)).await.expect("put");
+    }
+    // Every order of the three shows up among 60 chunks.
+    let orders: BTreeSet<Vec<NodeId>> = data
+        .iter()
+        .map(|(_, c)| store.membership().ranking(&c.digest))
+        .collect();
+    assert_eq!(orders.len(), 6);
+    read_all_quickly(&store, &data).await;
+    assert!(store.is_live(&NodeId::from("sn-2")), "corrupt is not down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_every_node_fails_says_which_nodes_were_tried_and_why() {
+    let mut nodes = vec![
+        TestNode::start("sn-1").await,
+        TestNode::start_lying("sn-2").await,
+        TestNode::start("sn-3").await,
+    ];
+    let store = placed(&nodes, 1);
+    let (_, chunk) = &chunks("lost", 1)[0];
+    nodes[1]
+        .client()
+        .await
+        .put(vec![chunk.clone()])
+        .await
+        .expect("put on sn-2");
+    nodes[0].stop().await;
+
+    // sn-1 is down, sn-2 has a corrupt copy, sn-3 none.
+    let e = store.read(&chunk.digest).await.expect_err("no good copy");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+    let msg = e.to_string();
+    for said in [
+        "sn-1: ",
+        "sn-2: ",
+        "sn-3: ",
+        "not in the store",
+        "digest mismatch",
+    ] {
+        assert!(msg.contains(said), "{said:?} in {msg}");
+    }
+    // A chunk nobody has, with a node down: not a plain "not found".
+    let absent = Digest::of(b"never stored");
+    let e = store.read(&absent).await.expect_err("absent");
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    let msg = e.to_string();
+    for said in ["sn-1: ", "sn-2: ", "sn-3: ", "not in the store"] {
+        assert!(msg.contains(said), "{said:?} in {msg}");
+    }
+}
+
+#[test]
+fn the_hedge_delay_follows_read_latency_within_bounds() {
+    let ms = std::time::Duration::from_millis;
+    let latency = ReadLatency::default();
+    assert_eq!(latency.hedge_delay(), HEDGE_MIN, "before any read");
+    latency.record(ms(1));
+    assert_eq!(latency.hedge_delay(), HEDGE_MIN, "fast reads");
+    latency.record(ms(1000));
+    let slower = latency.hedge_delay();
+    assert!(slower > HEDGE_MIN, "{slower:?}");
+    for _ in 0..100 {
+        latency.record(ms(1000));
+    }
+    assert_eq!(latency.hedge_delay(), HEDGE_MAX, "slow reads");
+    for _ in 0..100 {
+        latency.record(ms(50));
+    }
+    let d = latency.hedge_delay();
+    assert!(
+        d > ms(140) && d < ms(160),
+        "{HEDGE_FACTOR} × 50 ms, got {d:?}"
+    );
 }

@@ -182,3 +182,21 @@ fn protobuf_field_lengths() {
     assert_eq!(bytes_field_len(128), 131);
     assert_eq!(bytes_field_len(16_384), 16_384 + 4);
 }
+
+#[tokio::test]
+async fn a_channel_counts_its_connections() {
+    let (_dir, eager, server) = node().await;
+    assert_eq!(eager.connections(), 1, "connect makes one connection");
+    let lazy = GrpcChunkStore::connect_lazy("http://127.0.0.1:1").unwrap();
+    assert_eq!(lazy.connections(), 0, "a lazy client has not connected");
+    assert!(lazy.stats().await.is_err(), "nothing listens on port 1");
+    assert_eq!(lazy.connections(), 0, "a refused connection is not counted");
+    eager.stats().await.unwrap();
+    eager.clone().stats().await.unwrap();
+    assert_eq!(
+        eager.connections(),
+        1,
+        "requests and clones share the connection"
+    );
+    server.abort();
+}
