@@ -126,6 +126,9 @@ pub struct UpArgs {
     /// Cap each source's read rate per worker (bytes/s), to model a network-bound cluster.
     #[arg(long, value_name = "BYTES")]
     pub read_limit: Option<u64>,
+    /// Ranges read at once from one hypervisor host, over all workers (default: no limit).
+    #[arg(long, value_name = "N")]
+    pub per_host_limit: Option<usize>,
 }
 
 #[derive(Subcommand)]

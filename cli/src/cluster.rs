@@ -62,6 +62,14 @@ pub fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
 impl Cluster {
     /// The storage nodes, as the coordinator knows them.
     pub async fn membership(&mut self) -> Result<(Membership, BTreeMap<NodeId, String>)> {
+        let (m, addrs, _) = self.membership_of_cluster().await?;
+        Ok((m, addrs))
+    }
+
+    /// The storage nodes and the cluster name they must answer with.
+    async fn membership_of_cluster(
+        &mut self,
+    ) -> Result<(Membership, BTreeMap<NodeId, String>, String)> {
         let m = self
             .client
             .membership(MembershipRequest {})
@@ -76,16 +84,18 @@ impl Cluster {
             .into_iter()
             .map(|n| (NodeId::from(n.id.as_str()), n.addr))
             .collect();
-        Ok((membership, addrs))
+        Ok((membership, addrs, m.cluster))
     }
 
     /// A chunk store over the storage nodes (reads from any live replica).
     pub async fn store(&mut self) -> Result<Arc<PlacedChunkStore>> {
-        let (m, addrs) = self.membership().await?;
+        let (m, addrs, cluster) = self.membership_of_cluster().await?;
         if m.is_empty() {
             bail!("the cluster has no storage nodes");
         }
-        Ok(Arc::new(PlacedChunkStore::new(m, addrs)))
+        Ok(Arc::new(
+            PlacedChunkStore::new(m, addrs).with_cluster(&cluster),
+        ))
     }
 
     pub async fn snapshots(&mut self, vm: Option<&str>) -> Result<Vec<SnapshotMeta>> {

@@ -63,6 +63,8 @@ pub struct StorageMembership {
     pub replicas: u32,
     /// Node id → address of its Storage service.
     pub nodes: BTreeMap<String, String>,
+    /// The cluster's name ("" if none): every storage node must answer with it.
+    pub cluster: String,
 }
 
 impl From<MembershipResponse> for StorageMembership {
@@ -70,6 +72,7 @@ impl From<MembershipResponse> for StorageMembership {
         StorageMembership {
             replicas: m.replicas,
             nodes: m.nodes.into_iter().map(|n| (n.id, n.addr)).collect(),
+            cluster: m.cluster,
         }
     }
 }

@@ -58,12 +58,14 @@ fn announce(line: &str) -> Result<()> {
     Ok(())
 }
 
-/// The chunk store a member reaches the storage nodes through.
+/// The chunk store a member reaches the storage nodes of cluster `cluster` through:
+/// each node must answer with its id and this cluster name before it is used.
 pub fn placed_store(
     membership: &Membership,
     addrs: &BTreeMap<NodeId, String>,
+    cluster: &str,
 ) -> Arc<dyn ChunkStore> {
-    Arc::new(PlacedChunkStore::new(membership.clone(), addrs.clone()))
+    Arc::new(PlacedChunkStore::new(membership.clone(), addrs.clone()).with_cluster(cluster))
 }
 
 pub async fn storage_node(config: &Path) -> Result<()> {
@@ -84,7 +86,9 @@ pub async fn coordinator(config: &Path) -> Result<()> {
     use bora_coordinator::config::CoordinatorConfig;
     let cfg = CoordinatorConfig::load(config)?;
     let stop = shutdown()?;
-    let stores: bora_coordinator::service::StoreFactory = Arc::new(placed_store);
+    let cluster = cfg.cluster.clone().unwrap_or_default();
+    let stores: bora_coordinator::service::StoreFactory =
+        Arc::new(move |m, addrs| placed_store(m, addrs, &cluster));
     let live = super::backup::live::QemuLiveVms {
         scratch: cfg.data_dir.join("scratch"),
     };
@@ -113,7 +117,7 @@ fn worker_store(m: &StorageMembership) -> Arc<dyn ChunkStore> {
         .iter()
         .map(|(id, addr)| (NodeId::from(id.as_str()), addr.clone()))
         .collect();
-    placed_store(&membership, &addrs)
+    placed_store(&membership, &addrs, &m.cluster)
 }
 
 pub async fn worker(config: &Path) -> Result<()> {

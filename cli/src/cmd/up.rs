@@ -287,11 +287,15 @@ async fn start_members(
     let cdir = data.join(cid);
     let lease_ms = args.lease_ms;
     let range_bytes = args.range_bytes;
+    let per_host = args
+        .per_host_limit
+        .map(|n| format!("per-host-limit = {n}\n"))
+        .unwrap_or_default();
     let config = write_config(
         &cdir,
         &format!(
             "# bora coordinator (written by `bora up`)\nid = {}\ncluster = {}\nlisten = {}\ndata-dir = {}\n\
-             replicas = {replicas}\nlease-ms = {lease_ms}\nrange-bytes = {range_bytes}\n{nodes}",
+             replicas = {replicas}\nlease-ms = {lease_ms}\nrange-bytes = {range_bytes}\n{per_host}{nodes}",
             toml_str(cid),
             toml_str(cluster),
             toml_str(&plan.coordinator.to_string()),

@@ -37,6 +37,16 @@ impl CoordinatorService {
 
 type Answer<T> = Result<Response<T>, Status>;
 
+impl CoordinatorService {
+    /// A membership as sent: the nodes, and the cluster name they must answer with.
+    fn membership_answer(&self, view: super::storage::MembershipView) -> pb::MembershipResponse {
+        pb::MembershipResponse {
+            cluster: self.c.cluster.clone(),
+            ..view.into()
+        }
+    }
+}
+
 fn answer<T>(r: Result<T, RequestError>) -> Answer<T> {
     r.map(Response::new).map_err(to_status)
 }
@@ -281,7 +291,7 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         _request: Request<pb::MembershipRequest>,
     ) -> Answer<pb::MembershipResponse> {
-        Ok(Response::new(self.c.storage.view().into()))
+        Ok(Response::new(self.membership_answer(self.c.storage.view())))
     }
 
     async fn add_storage_node(
@@ -296,7 +306,7 @@ impl CoordinatorRpc for CoordinatorService {
                 .await
                 .map_err(|e| RequestError::Internal(e.to_string()))?
         };
-        answer(r.await.map(pb::MembershipResponse::from))
+        answer(r.await.map(|v| self.membership_answer(v)))
     }
 
     async fn remove_storage_node(
@@ -311,7 +321,7 @@ impl CoordinatorRpc for CoordinatorService {
                 .await
                 .map_err(|e| RequestError::Internal(e.to_string()))?
         };
-        answer(r.await.map(pb::MembershipResponse::from))
+        answer(r.await.map(|v| self.membership_answer(v)))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {

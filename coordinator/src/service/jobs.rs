@@ -99,6 +99,8 @@ pub(super) struct JobView {
 pub(super) struct JobRecord {
     pub(super) seq: u64,
     pub(super) vm: String,
+    /// The hypervisor host the disks are read from.
+    pub(super) host: String,
     pub(super) chunk_size: u32,
     /// In the order of the lease table's disks.
     pub(super) disks: Vec<DiskSource>,
@@ -205,6 +207,7 @@ impl Coordinator {
             JobRecord {
                 seq,
                 vm: req.vm,
+                host: req.host,
                 chunk_size: req.chunk_size,
                 disks: req.disks,
                 view,

@@ -52,11 +52,12 @@ pub(super) struct RangeReport {
 fn range_span(core: &Core, lease: &Lease, wire: u64) -> Span {
     let rec = core.jobs.get(&lease.job);
     let vm = rec.map_or("?", |r| r.vm.as_str());
+    let host = rec.map_or("?", |r| r.host.as_str());
     let disk = rec
         .and_then(|r| r.disks.get(lease.disk))
         .map_or("?", |d| d.name.as_str());
     info_span!(
-        "range", job = %lease.job, vm = %vm, disk = %disk, range = %lease.range,
+        "range", job = %lease.job, host = %host, vm = %vm, disk = %disk, range = %lease.range,
         lease = wire, worker = %lease.worker
     )
 }

@@ -297,6 +297,7 @@ impl From<MembershipView> for pb::MembershipResponse {
                 .into_iter()
                 .map(|(id, addr)| pb::StorageNode { id, addr })
                 .collect(),
+            cluster: String::new(),
         }
     }
 }

@@ -26,6 +26,12 @@ pub(crate) struct Up {
 impl Up {
     /// `bora up` with 8 MiB ranges, 1.5 s leases and `args`.
     pub(crate) fn start(env: &Env, args: &[&str]) -> Up {
+        Up::start_logging(env, args, None)
+    }
+
+    /// [`Up::start`] with the members logging at `level` into `cluster/MEMBER/log`
+    /// (`None`: BORA_TEST_MEMBER_LOG's level, if set).
+    pub(crate) fn start_logging(env: &Env, args: &[&str], level: Option<&str>) -> Up {
         let data = env.path("cluster");
         let mut cmd = Command::new(bora_bin());
         cmd.args(["up", "--data"])
@@ -34,9 +40,12 @@ impl Up {
             .args(["--range-bytes", &(8 * MIB).to_string()])
             .args(args);
         // BORA_TEST_MEMBER_LOG=info: the members log at that level into cluster/*/log.
-        match std::env::var("BORA_TEST_MEMBER_LOG") {
-            Ok(level) => cmd.env("BORA_LOG", level),
-            Err(_) => cmd.env_remove("BORA_LOG"),
+        match level
+            .map(str::to_string)
+            .or(std::env::var("BORA_TEST_MEMBER_LOG").ok())
+        {
+            Some(level) => cmd.env("BORA_LOG", level),
+            None => cmd.env_remove("BORA_LOG"),
         };
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -68,7 +77,7 @@ impl Up {
     }
 
     /// The config file `bora up` wrote for `member`.
-    fn config(&self, member: &str) -> PathBuf {
+    pub(crate) fn config(&self, member: &str) -> PathBuf {
         self.data.join(member).join("config.toml")
     }
 
@@ -186,7 +195,7 @@ pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool)
 }
 
 /// Waits until the backup job of `vm` runs with ranges still to do.
-fn wait_running(env: &Env, up: &Up, vm: &str) {
+pub(crate) fn wait_running(env: &Env, up: &Up, vm: &str) {
     wait_for(
         &format!("the backup of {vm} to be under way"),
         Duration::from_secs(30),

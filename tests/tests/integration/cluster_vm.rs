@@ -3,7 +3,7 @@
 //! in for the hypervisor), their disks read by the workers over NBD — incrementally
 //! through Bora's dirty bitmaps — and released when the job ends.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
@@ -134,4 +134,186 @@ fn cluster_backs_up_live_vms_incrementally_and_releases_them() {
     let err = env.fails(&up.args(&["backup", "--vm", "nope"]));
     assert!(err.contains("no registered host has a vm"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// A dense qcow2 disk of `size` bytes nothing else shares, and a raw copy of its
+/// contents: `(qcow2, raw)`.
+fn dense(env: &Env, name: &str, size: u64, seed: u64) -> (PathBuf, PathBuf) {
+    let raw = env.path(&format!("{name}.raw"));
+    raw_image(&raw, size, &[(0, noise(size as usize, seed))]);
+    let qcow2 = env.path(&format!("{name}.qcow2"));
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", p(&raw), p(&qcow2)])
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    (qcow2, raw)
+}
+
+#[test]
+fn cluster_cancel_releases_a_live_vm_and_commits_nothing() {
+    let env = Env::new();
+    // 2 MiB/s per source and worker: a 16 MiB disk takes seconds, time enough to cancel.
+    let up = Up::start(
+        &env,
+        &[
+            "--workers",
+            "2",
+            "--storage-nodes",
+            "2",
+            "--read-limit",
+            "2097152",
+        ],
+    );
+    let (img, raw) = dense(&env, "vm1-disk0", 16 * MIB, 5);
+    let q = Qsd::one_disk(&env.path("vm1.qmp"), &env.path("nbd1.sock"), &img);
+    register(&env, &up, "h1", &q);
+
+    let mut child = std::process::Command::new(bora_bin())
+        .args(up.args(&["backup", "--vm", "vm1", "--json"]))
+        .env_remove("BORA_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bora backup");
+    super::cluster::wait_running(&env, &up, "vm1");
+    let jobs = super::cluster::status(&env, &up)["jobs"].clone();
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["vm"] == "vm1" && j["state"] == "running")
+        .unwrap_or_else(|| panic!("no running job: {jobs}"))["job"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cancelled = env.json(&up.args(&["cancel", &job]));
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let out = child.wait().map(|_| ()).and_then(|()| {
+        let mut s = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .map(|_| s)
+    });
+    let err = out.expect("backup stderr");
+    assert!(
+        err.contains("was cancelled; nothing was committed"),
+        "{err}"
+    );
+    assert!(
+        env.json(&up.args(&["snapshots", "--vm", "vm1"]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The coordinator lets go of the VM: no export, job, scratch node or bitmap is left.
+    super::cluster::wait_for(
+        "the VM to be released",
+        std::time::Duration::from_secs(20),
+        || q.bora_leftovers().is_empty() && q.bora_bitmaps("disk0").is_empty(),
+    );
+    // Cancelling again says it had ended.
+    let again = env.json(&up.args(&["cancel", &job]));
+    assert_eq!(again["state"], "cancelled");
+
+    // The next backup runs and restores bit-exact.
+    let r = env.json(&up.args(&["backup", "--vm", "vm1"]));
+    assert_eq!(disk0(&r)["mode"], "full");
+    assert_eq!(q.assert_clean(), [format!("bora-{}", snap(&r))]);
+    restores(&env, &up, "latest", "vm1", &raw);
+}
+
+/// The most leases of `host` the coordinator's log shows held at once, and the most of
+/// all hosts together (the log is written in the order the lease table changes).
+fn max_concurrent_leases(log: &str, host: &str) -> (usize, usize) {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let start = line.find(&format!(" {name}="))? + name.len() + 2;
+        let rest = &line[start..];
+        let end = rest.find([' ', '}']).unwrap_or(rest.len());
+        Some(rest[..end].to_string())
+    };
+    let mut active: std::collections::BTreeMap<String, String> = Default::default();
+    let (mut most_host, mut most_all) = (0, 0);
+    for line in log.lines().filter(|l| l.contains(" range{")) {
+        let (Some(lease), Some(h)) = (field(line, "lease"), field(line, "host")) else {
+            continue;
+        };
+        if line.contains("range leased") {
+            active.insert(lease, h);
+        } else {
+            active.remove(&lease);
+        }
+        most_host = most_host.max(active.values().filter(|x| *x == host).count());
+        most_all = most_all.max(active.len());
+    }
+    (most_host, most_all)
+}
+
+#[test]
+fn cluster_reads_at_most_per_host_limit_ranges_of_one_host() {
+    let env = Env::new();
+    // Two workers of two ranges each could read four ranges of one host at once; the
+    // limit allows one. Slow sources keep ranges open long enough to overlap.
+    let up = Up::start_logging(
+        &env,
+        &[
+            "--workers",
+            "2",
+            "--storage-nodes",
+            "1",
+            "--per-host-limit",
+            "1",
+            "--read-limit",
+            "16777216",
+        ],
+        Some("info"),
+    );
+    let dir = env.path("h1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut qsds = Vec::new();
+    for (i, vm) in ["vm1", "vm2"].iter().enumerate() {
+        let (img, raw) = dense(&env, vm, 24 * MIB, 10 + i as u64);
+        let q = Qsd::one_disk(
+            &dir.join(format!("{vm}.qmp")),
+            &dir.join(format!("{vm}.nbd.sock")),
+            &img,
+        );
+        qsds.push((vm.to_string(), q, raw));
+    }
+    let nbd = format!("unix:{}/{{vm}}.nbd.sock", dir.display());
+    env.ok(&up.args(&["host", "add", "h1", "--qmp-dir", p(&dir), "--nbd", &nbd]));
+    let (img3, raw3) = dense(&env, "vm3", 24 * MIB, 12);
+    let q3 = Qsd::one_disk(&env.path("vm3.qmp"), &env.path("nbd3.sock"), &img3);
+    register(&env, &up, "h2", &q3);
+    qsds.push(("vm3".into(), q3, raw3));
+
+    let reports = env.json(&up.args(&["backup", "--vm", "vm1", "--vm", "vm2", "--vm", "vm3"]));
+    assert_eq!(reports.as_array().unwrap().len(), 3, "{reports}");
+    for (vm, q, img) in &qsds {
+        let r = reports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["vm"] == vm.as_str())
+            .unwrap();
+        assert_eq!(q.assert_clean(), [format!("bora-{}", snap(r))]);
+        restores(&env, &up, "latest", vm, img);
+    }
+    let log = std::fs::read_to_string(up.config("coordinator-1").with_file_name("log")).unwrap();
+    let leased = log.lines().filter(|l| l.contains("range leased")).count();
+    assert_eq!(leased, 9, "three 24 MiB disks in 8 MiB ranges: {log}");
+    let (h1, all) = max_concurrent_leases(&log, "h1");
+    assert_eq!(
+        h1, 1,
+        "host h1 had {h1} ranges read at once; the limit is 1"
+    );
+    assert!(
+        all >= 2,
+        "h2's ranges should run beside h1's: at most {all} leases at once"
+    );
 }
