@@ -138,6 +138,7 @@ pub async fn bind(
         commit_lock: tokio::sync::Mutex::new(()),
         storage,
         expiry: Notify::new(),
+        work: Notify::new(),
         commits: commits_tx,
         stopping: watch::Sender::new(false),
     };

@@ -80,7 +80,11 @@ impl From<MembershipResponse> for StorageMembership {
 /// Builds the chunk store over the storage nodes of a membership.
 pub type StoreFactoryFn = Arc<dyn Fn(&StorageMembership) -> Arc<dyn ChunkStore> + Send + Sync>;
 
-/// First wait when no range is waiting; doubled up to [`IDLE_MAX`].
+/// How long a `Lease` call waits at the coordinator for a range (a long poll: a new job's
+/// ranges reach idle workers at once).
+const LEASE_WAIT_MS: u32 = 5_000;
+/// First wait when no range is waiting and the coordinator answered at once (it does not
+/// long-poll, or it is stopping); doubled up to [`IDLE_MAX`].
 const IDLE_MIN: Duration = Duration::from_millis(200);
 const IDLE_MAX: Duration = Duration::from_secs(1);
 /// How often idle jobs' sources are closed.
@@ -176,6 +180,7 @@ impl Context {
         Ok(client
             .lease(LeaseRequest {
                 worker: self.config.id.clone(),
+                wait_ms: LEASE_WAIT_MS,
             })
             .await?
             .into_inner()
@@ -261,6 +266,7 @@ async fn lease_loop(ctx: Arc<Context>) -> Result<(), ClusterError> {
             continue;
         }
         let c = ctx.coordinators.current();
+        let asked = Instant::now();
         match ctx.lease_from(c).await {
             Ok(Some(lease)) => {
                 idle = IDLE_MIN;
@@ -272,6 +278,11 @@ async fn lease_loop(ctx: Arc<Context>) -> Result<(), ClusterError> {
                     // Ended (or done) before its task was recorded.
                     None => task.abort(),
                 }
+                continue;
+            }
+            // The coordinator waited for work and had none: ask again at once.
+            Ok(None) if asked.elapsed() >= Duration::from_millis(u64::from(LEASE_WAIT_MS / 2)) => {
+                idle = IDLE_MIN;
                 continue;
             }
             Ok(None) => {}

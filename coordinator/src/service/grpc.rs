@@ -225,13 +225,16 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn lease(&self, request: Request<pb::LeaseRequest>) -> Answer<pb::LeaseResponse> {
         let peer = request.remote_addr();
-        answer(
-            wire::worker_id(&request.into_inner().worker)
-                .and_then(|w| self.c.lease(&w, peer))
-                .map(|grant| pb::LeaseResponse {
-                    lease: grant.map(pb::RangeLease::from),
-                }),
-        )
+        let r = request.into_inner();
+        let r = async {
+            let w = wire::worker_id(&r.worker)?;
+            let wait = wire::lease_wait(r.wait_ms)?;
+            let grant = self.c.lease_wait(&w, peer, wait).await?;
+            Ok(pb::LeaseResponse {
+                lease: grant.map(pb::RangeLease::from),
+            })
+        };
+        answer(r.await)
     }
 
     async fn heartbeat(

@@ -213,6 +213,7 @@ impl Coordinator {
                 view,
             },
         );
+        self.work.notify_waiters();
         Ok(job)
     }
 
@@ -316,6 +317,8 @@ impl Coordinator {
                     info!(job = %job, released = released.len(), "job cancelled");
                 }
                 core.set_phase(job, Phase::Cancelled);
+                // Its other jobs' ranges may now fit the per-host limit.
+                self.work.notify_waiters();
             }
             _ => {}
         }

@@ -263,6 +263,8 @@ impl Coordinator {
                 }
                 core.update_progress(&lease.job);
                 info!("range done");
+                // A per-host slot is free.
+                self.work.notify_waiters();
                 if let Some(commit) = commit {
                     core.set_phase(&lease.job, Phase::Committing);
                     info!("every range done; committing");
@@ -316,7 +318,37 @@ impl Coordinator {
             }
             FailOutcome::Retry(Retry::JobFailed(failure)) => core.job_failed(&failure),
         }
+        drop(core);
+        self.work.notify_waiters();
         Ok(())
+    }
+
+    /// [`Self::lease`], waiting up to `wait` for a range when none is waiting now.
+    pub(super) async fn lease_wait(
+        &self,
+        worker: &WorkerId,
+        peer: Option<SocketAddr>,
+        wait: Duration,
+    ) -> Result<Option<RangeGrant>, RequestError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            // Registered before the table is asked, so a change in between is not missed.
+            let changed = self.work.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(grant) = self.lease(worker, peer)? {
+                return Ok(Some(grant));
+            }
+            if *stopping.borrow_and_update() {
+                return Ok(None);
+            }
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = stopping.changed() => return Ok(None),
+            }
+        }
     }
 
     /// Takes back leases as they run out, until the coordinator stops.
@@ -355,6 +387,8 @@ impl Coordinator {
                 Retry::JobFailed(failure) => core.job_failed(&failure),
             }
         }
+        drop(core);
+        self.work.notify_waiters();
     }
 }
 

@@ -77,6 +77,9 @@ pub(super) struct Coordinator {
     pub(super) storage: Storage,
     /// Wakes the expiry timer when a lease with an earlier deadline is granted.
     pub(super) expiry: Notify,
+    /// Wakes long-polling `Lease` calls when the lease table changed (a job started, a
+    /// range was queued again or a lease ended).
+    pub(super) work: Notify,
     /// Jobs ready to commit, for the commit loop of `run`.
     pub(super) commits: mpsc::UnboundedSender<JobCommit>,
     /// Set when the coordinator stops: long polls answer at once.

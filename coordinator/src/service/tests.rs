@@ -93,6 +93,7 @@ async fn start_job(c: &mut Client, vm: &str, disks: Vec<pb::DiskSource>) -> Stri
 async fn lease(c: &mut Client, worker: &str) -> Option<pb::RangeLease> {
     c.lease(pb::LeaseRequest {
         worker: worker.into(),
+        wait_ms: 0,
     })
     .await
     .unwrap()
@@ -344,7 +345,10 @@ async fn bad_requests_are_invalid_argument() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
     let e = c
-        .lease(pb::LeaseRequest { worker: "".into() })
+        .lease(pb::LeaseRequest {
+            worker: "".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     expect_invalid(e, "invalid worker name");
@@ -653,5 +657,57 @@ async fn the_catalog_rpcs_work_on_the_same_catalog() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_polling_lease_answers_when_a_job_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryChunkStore::default());
+    let node = start(config(dir.path()), store).await;
+    let mut waiter = node.client.clone();
+    let started = std::time::Instant::now();
+    let poll = tokio::spawn(async move {
+        waiter
+            .lease(pb::LeaseRequest {
+                worker: "w1".into(),
+                wait_ms: 20_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .lease
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!poll.is_finished(), "an idle long poll waits");
+    let mut c = node.client.clone();
+    let job = start_job(&mut c, "vm1", vec![disk("d1", 3 * u64::from(CS))]).await;
+    let lease = poll.await.unwrap().expect("the new job's range");
+    assert_eq!(lease.job, job);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered when the job started, not at the end of the wait"
+    );
+    // Nothing waits: a short poll ends empty after its wait.
+    let t = std::time::Instant::now();
+    let none = c
+        .lease(pb::LeaseRequest {
+            worker: "w2".into(),
+            wait_ms: 300,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease;
+    assert!(none.is_none());
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let e = c
+        .lease(pb::LeaseRequest {
+            worker: "w2".into(),
+            wait_ms: 60_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
     node.stop().await;
 }

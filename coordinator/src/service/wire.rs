@@ -32,6 +32,8 @@ pub(super) const MAX_SOURCE_LEN: usize = 4096;
 pub(super) const MAX_DISK_CHUNKS: u64 = 1 << 26;
 /// Longest `WaitJob`.
 pub(super) const MAX_WAIT_MS: u32 = 300_000;
+/// Longest `Lease` long poll.
+pub(super) const MAX_LEASE_WAIT_MS: u32 = 30_000;
 /// Leases in one heartbeat.
 pub(super) const MAX_LEASE_IDS: usize = 4096;
 /// Bytes of a failure message kept (longer ones are cut).
@@ -59,6 +61,15 @@ pub(super) fn wait_timeout(ms: u32) -> Result<Duration, RequestError> {
     if ms > MAX_WAIT_MS {
         return Err(invalid(format!(
             "timeout_ms {ms} is over the limit {MAX_WAIT_MS}; wait again after it answers"
+        )));
+    }
+    Ok(Duration::from_millis(u64::from(ms)))
+}
+
+pub(super) fn lease_wait(ms: u32) -> Result<Duration, RequestError> {
+    if ms > MAX_LEASE_WAIT_MS {
+        return Err(invalid(format!(
+            "wait_ms {ms} is over the limit {MAX_LEASE_WAIT_MS}"
         )));
     }
     Ok(Duration::from_millis(u64::from(ms)))
