@@ -77,6 +77,8 @@ pub struct BoundCoordinator {
     coordinator: Arc<Coordinator>,
     commits: mpsc::UnboundedReceiver<JobCommit>,
     lock: File,
+    /// Services the process adds beside the coordinator's (e.g. `Remotes`).
+    extra: tonic::service::Routes,
 }
 
 /// Opens the coordinator's state in `config.data_dir` (catalog, membership, epoch) and
@@ -140,6 +142,7 @@ pub async fn bind(
         coordinator: Arc::new(coordinator),
         commits,
         lock,
+        extra: tonic::service::Routes::default(),
     })
 }
 
@@ -147,6 +150,13 @@ impl BoundCoordinator {
     /// The address bound (with the port chosen when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Serves `routes` on the coordinator's listener too (services of other crates that
+    /// belong with the cluster's control plane).
+    pub fn with_routes(mut self, routes: tonic::service::Routes) -> BoundCoordinator {
+        self.extra = routes;
+        self
     }
 
     /// Serves until `shutdown` resolves: then stops accepting requests, answers pending
@@ -162,11 +172,13 @@ impl BoundCoordinator {
             coordinator: c,
             mut commits,
             lock,
+            extra,
         } = self;
         info!(id = %c.id, addr = %addr, epoch = ?c.epoch, "coordinator serving");
         let mut stopped = c.stopping.subscribe();
+        let routes = extra.add_service(grpc::CoordinatorService::server(c.clone()));
         let server = tonic::transport::Server::builder()
-            .add_service(grpc::CoordinatorService::server(c.clone()))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             });

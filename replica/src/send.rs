@@ -27,7 +27,7 @@ use bora_core::store::{ChunkStore, StoreError};
 use bora_proto::replica as pb;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::limit::Limiter;
@@ -86,7 +86,7 @@ impl Default for Options {
 }
 
 /// What a replication did (the `--json` report).
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub remote: String,
     /// The remote site's cluster name.
@@ -304,8 +304,16 @@ impl Run<'_> {
         }
         drop(seen);
         let streams = self.links.len();
-        stream::iter(digests.chunks(self.batch).enumerate())
-            .map(|(i, b)| self.batch(meta, &self.links[i % streams], b))
+        // Owned batches: a closure over borrowed slices makes the future not `Send` for
+        // every lifetime (rust-lang/rust#102211).
+        let batches: Vec<(usize, Vec<Digest>)> = digests
+            .chunks(self.batch)
+            .map(<[Digest]>::to_vec)
+            .enumerate()
+            .collect();
+        drop(digests);
+        stream::iter(batches)
+            .map(|(i, b)| async move { self.batch(meta, &self.links[i % streams], &b).await })
             .buffer_unordered(streams)
             .try_collect::<()>()
             .await?;

@@ -477,5 +477,7 @@ impl ChunkStore for PlacedChunkStore {
     }
 }
 
+mod record;
+
 #[cfg(test)]
 mod tests;

@@ -86,6 +86,8 @@ pub async fn coordinator(config: &Path) -> Result<()> {
     let stop = shutdown()?;
     let stores: bora_coordinator::service::StoreFactory = Arc::new(placed_store);
     let bound = bora_coordinator::service::bind(&cfg, stores).await?;
+    let (routes, replication) = crate::replica_site::start(&cfg, bound.local_addr()).await?;
+    let bound = bound.with_routes(routes);
     announce(&format!("coordinator {} on {}", cfg.id, bound.local_addr()))?;
     let repairs = tokio::spawn(crate::repair_loop::run(
         bound.local_addr(),
@@ -93,6 +95,7 @@ pub async fn coordinator(config: &Path) -> Result<()> {
     ));
     let served = bound.run(stop).await;
     repairs.abort();
+    replication.iter().for_each(tokio::task::JoinHandle::abort);
     served?;
     Ok(())
 }
