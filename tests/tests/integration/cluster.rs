@@ -16,17 +16,22 @@ use bora_tests::*;
 const MIB: u64 = 1 << 20;
 
 /// A running `bora up`; SIGTERM on drop, and every extra member the test started is killed.
-struct Up {
+pub(crate) struct Up {
     child: Child,
-    url: String,
-    data: PathBuf,
+    pub(crate) url: String,
+    pub(crate) data: PathBuf,
     extra: Vec<Child>,
 }
 
 impl Up {
     /// `bora up` with 8 MiB ranges, 1.5 s leases and `args`.
     fn start(env: &Env, args: &[&str]) -> Up {
-        let data = env.path("cluster");
+        Up::start_in(env, "cluster", args)
+    }
+
+    /// [`Up::start`] with its data in `env`'s `dir` (several clusters in one test).
+    pub(crate) fn start_in(env: &Env, dir: &str, args: &[&str]) -> Up {
+        let data = env.path(dir);
         let mut child = Command::new(bora_bin())
             .args(["up", "--data"])
             .arg(&data)
@@ -56,7 +61,7 @@ impl Up {
         }
     }
 
-    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+    pub(crate) fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut a = vec!["--cluster", self.url.as_str()];
         a.extend_from_slice(args);
         a
