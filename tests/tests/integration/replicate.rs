@@ -1,8 +1,8 @@
 //! Second-site replication between two clusters on 127.0.0.1 (`bora up` twice, the
 //! second with a replica listener): the second site restores bit-exact with the first
 //! stopped; a small change sends about its new chunks only; a replication killed halfway
-//! resumes without resending what arrived; a wrong token or certificate is refused and
-//! nothing is written.
+//! resumes without resending what arrived; `--auto` replicates new backups by itself; a
+//! wrong token or certificate is refused and nothing is written.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -165,7 +165,7 @@ fn the_second_site_restores_everything_alone_and_gets_only_new_chunks() {
 }
 
 #[test]
-fn a_replication_killed_halfway_resumes_without_resending() {
+fn a_killed_replication_resumes_without_resending_and_auto_follows_backups() {
     let env = Env::new();
     let a = Up::start_in(&env, "site-a", &["--storage-nodes", "1", "--workers", "1"]);
     let b = Up::start_in(
@@ -242,9 +242,43 @@ fn a_replication_killed_halfway_resumes_without_resending() {
         "everything that arrived is skipped: {r}"
     );
     assert_eq!(u(&r, "chunks_sent") + arrived, 97, "{r}");
+
+    // With --auto the first site's coordinator replicates each new backup by itself.
+    env.ok(&a.args(&[
+        "remote",
+        "add",
+        "dr",
+        s(&info["url"]),
+        "--insecure",
+        "--token-file",
+        s(&info["token_file"]),
+        "--vm",
+        "vm1",
+        "--auto",
+        "--replace",
+    ]));
+    let v1 = env.path("v1.raw");
+    std::fs::copy(&img, &v1).expect("copy v1");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise(MIB as usize, 5), 0).expect("write");
+    drop(f);
+    let second = env.json(&a.args(&["backup", "--image", &img.to_string_lossy(), "--vm", "vm1"]));
+    let started = Instant::now();
+    while snapshot_ids(&env, &b).len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no automatic replication"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(a);
     let ids = snapshot_ids(&env, &b);
-    restore_identical(&env, &b, &ids[0], "disk", &img);
+    assert_eq!(ids[1], s(&second["snapshot"]));
+    restore_identical(&env, &b, &ids[0], "disk", &v1);
+    restore_identical(&env, &b, &ids[1], "disk", &img);
 }
 
 #[test]
