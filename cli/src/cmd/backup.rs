@@ -155,6 +155,8 @@ pub async fn run(repo_dir: &Path, args: BackupArgs, json: bool) -> Result<()> {
         }
         (Some(_), Some(_)) => bail!("give either --image or --nbd, not both"),
     };
+    let vms: Vec<String> = reports.iter().map(|r| r.meta.vm.clone()).collect();
+    super::replicate::after_backup(repo, &vms).await;
     if json {
         match reports.as_slice() {
             [one] => output::json(&one.to_json()),

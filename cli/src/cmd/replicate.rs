@@ -77,3 +77,38 @@ pub fn print(r: &Report, json: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// Embedded `--auto` remotes: after a backup, each remote that wants one of `vms` gets
+/// what it lacks. A failure is a warning on stderr; the backup stands.
+pub async fn after_backup(repo: Repo, vms: &[String]) {
+    let remotes = match bora_replica::remote::load(&repo.dir) {
+        Ok(r) => r,
+        Err(e) => return eprintln!("warning: automatic replication: {e}"),
+    };
+    let auto: Vec<_> = remotes
+        .into_iter()
+        .filter(|r| r.auto && vms.iter().any(|vm| r.wants(vm)))
+        .collect();
+    if auto.is_empty() {
+        return;
+    }
+    let source = RepoSource(repo);
+    for remote in auto {
+        match replicate(&source, &remote, &Options::default(), None).await {
+            Ok(r) => eprintln!(
+                "replicated to {}: {} snapshots, {} chunks ({}), {} already there",
+                r.remote,
+                r.snapshots_sent,
+                r.chunks_sent,
+                output::bytes(r.bytes_sent),
+                r.chunks_skipped
+            ),
+            Err(e) => eprintln!(
+                "warning: replication to {} failed (the backup is kept; `bora replicate --to {}` retries): {}",
+                remote.name,
+                remote.name,
+                bora_replica::error::chain(&e)
+            ),
+        }
+    }
+}

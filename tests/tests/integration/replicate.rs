@@ -358,4 +358,47 @@ fn a_wrong_token_or_certificate_is_refused_and_nothing_is_written() {
     );
     let ids = snapshot_ids(&env, &b);
     restore_identical(&env, &b, &ids[0], "disk", &img);
+
+    // Embedded --auto: a backup replicates to each auto remote; one that refuses does
+    // not fail the backup.
+    env.ok(&[
+        "remote",
+        "add",
+        "dr",
+        s(&info["url"]),
+        "--ca",
+        s(&info["ca"]),
+        "--token-file",
+        s(&info["token_file"]),
+        "--auto",
+        "--replace",
+    ]);
+    env.ok(&[
+        "remote",
+        "add",
+        "refusing",
+        s(&info["url"]),
+        "--ca",
+        s(&info["ca"]),
+        "--token-file",
+        &wrong_token.to_string_lossy(),
+        "--auto",
+    ]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise(MIB as usize, 6), 0).expect("write");
+    drop(f);
+    let out = env.run(&["backup", "--image", &img.to_string_lossy(), "--vm", "vm1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("replicated to dr: 1 snapshots"), "{stderr}");
+    assert!(
+        stderr.contains("warning: replication to refusing failed"),
+        "{stderr}"
+    );
+    let ids = snapshot_ids(&env, &b);
+    assert_eq!(ids.len(), 2);
+    restore_identical(&env, &b, &ids[1], "disk", &img);
 }
