@@ -5,13 +5,13 @@
 //! chunks, then the index pieces; each digest once), and in batches of
 //! [`Options::batch`] digests ask the remote which it lacks (`Missing`); read only those
 //! in their stored form and push them (`PutRecords`, about [`PUT_BYTES`] per call).
-//! Batches run on [`Options::streams`] connections at once so a high-latency link stays
-//! full; an optional [`Limiter`] paces them. Then `Commit`: the remote makes the snapshot
+//! Up to [`Options::streams`] `PutRecords` are in flight at once, one per connection, so
+//! a high-latency link stays full; an optional [`Limiter`] paces them. Then `Commit`: the remote makes the snapshot
 //! visible only once every chunk is there.
 //!
 //! Resuming is asking again: a run killed halfway left every acknowledged batch durable
-//! on the remote, so the next run's `Missing` skips it; only the batches in flight when it
-//! died (at most one per stream) are sent again.
+//! on the remote, so the next run's `Missing` skips it; only the `PutRecords` in flight
+//! when it died (at most one per stream) are sent again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -156,6 +156,7 @@ struct Run<'a> {
     source: &'a dyn Source,
     remote: &'a Remote,
     links: Vec<Client>,
+    next_link: std::sync::atomic::AtomicUsize,
     limiter: Option<Limiter>,
     counters: Counters,
     progress: Option<OnProgress>,
@@ -213,14 +214,18 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Sends the chunks of `digests` the remote lacks.
-    async fn batch(
-        &self,
-        meta: &SnapshotMeta,
-        link: &Client,
-        digests: &[Digest],
-    ) -> Result<(), SendError> {
-        let flags = link
+    /// The next connection, round robin.
+    fn link(&self) -> &Client {
+        let i = self.next_link.fetch_add(1, Ordering::Relaxed);
+        &self.links[i % self.links.len()]
+    }
+
+    /// Sends the chunks of `digests` the remote lacks: read in stored form a few ahead,
+    /// grouped into `PutRecords` of about [`PUT_BYTES`], with one group in flight per
+    /// connection.
+    async fn batch(&self, meta: &SnapshotMeta, digests: &[Digest]) -> Result<(), SendError> {
+        let flags = self
+            .link()
             .clone()
             .missing(pb::MissingRequest {
                 digests: digests
@@ -254,32 +259,47 @@ impl Run<'_> {
         self.counters
             .chunks_skipped
             .fetch_add(skipped, Ordering::Relaxed);
-        let mut reads = stream::iter(missing)
-            .map(|d| async move {
-                self.source
-                    .read_record(&d)
-                    .await
-                    .map_err(|source| SendError::Read {
-                        id: meta.id.to_string(),
-                        digest: d,
-                        source,
-                    })
-            })
-            .buffered(READ_AHEAD);
-        let (mut group, mut bytes) = (Vec::new(), 0u64);
-        while let Some(chunk) = reads.next().await {
-            let chunk = chunk?;
-            bytes += chunk.record.len() as u64;
-            group.push(pb::Record {
-                digest: Bytes::copy_from_slice(chunk.digest.as_bytes()),
-                record: Bytes::from(chunk.record),
-            });
-            if bytes >= PUT_BYTES as u64 {
-                self.push(link, std::mem::take(&mut group), bytes).await?;
-                bytes = 0;
+        let streams = self.links.len();
+        let (tx, rx) = tokio::sync::mpsc::channel::<(Vec<pb::Record>, u64)>(streams);
+        let produce = async move {
+            let mut reads = stream::iter(missing)
+                .map(|d| async move {
+                    self.source
+                        .read_record(&d)
+                        .await
+                        .map_err(|source| SendError::Read {
+                            id: meta.id.to_string(),
+                            digest: d,
+                            source,
+                        })
+                })
+                .buffered(READ_AHEAD * streams);
+            let (mut group, mut bytes) = (Vec::new(), 0u64);
+            while let Some(chunk) = reads.next().await {
+                let chunk = chunk?;
+                bytes += chunk.record.len() as u64;
+                group.push(pb::Record {
+                    digest: Bytes::copy_from_slice(chunk.digest.as_bytes()),
+                    record: Bytes::from(chunk.record),
+                });
+                if bytes >= PUT_BYTES as u64
+                    && tx.send((std::mem::take(&mut group), bytes)).await.is_err()
+                {
+                    return Ok(());
+                }
+                if group.is_empty() {
+                    bytes = 0;
+                }
             }
-        }
-        self.push(link, group, bytes).await
+            let _ = tx.send((group, bytes)).await;
+            Ok::<(), SendError>(())
+        };
+        let consume = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|(group, bytes)| self.push(self.link(), group, bytes))
+            .buffer_unordered(streams)
+            .try_collect::<()>();
+        let (produced, consumed) = tokio::join!(produce, consume);
+        consumed.and(produced)
     }
 
     /// Sends every chunk of `meta` the remote lacks, then commits it there.
@@ -303,18 +323,15 @@ impl Run<'_> {
             }
         }
         drop(seen);
-        let streams = self.links.len();
         // Owned batches: a closure over borrowed slices makes the future not `Send` for
-        // every lifetime (rust-lang/rust#102211).
-        let batches: Vec<(usize, Vec<Digest>)> = digests
-            .chunks(self.batch)
-            .map(<[Digest]>::to_vec)
-            .enumerate()
-            .collect();
+        // every lifetime (rust-lang/rust#102211). Two batches at once: the next one's
+        // digest query overlaps this one's records.
+        let batches: Vec<Vec<Digest>> =
+            digests.chunks(self.batch).map(<[Digest]>::to_vec).collect();
         drop(digests);
         stream::iter(batches)
-            .map(|(i, b)| async move { self.batch(meta, &self.links[i % streams], &b).await })
-            .buffer_unordered(streams)
+            .map(|b| async move { self.batch(meta, &b).await })
+            .buffer_unordered(2)
             .try_collect::<()>()
             .await?;
         let json = serde_json::to_string(meta)
@@ -342,14 +359,13 @@ pub async fn replicate(
 ) -> Result<Report, SendError> {
     let started = Instant::now();
     let streams = opts.streams.max(1);
-    let mut links = Vec::with_capacity(streams);
-    for _ in 0..streams {
-        links.push(link::connect(remote).await?);
-    }
+    // Connected at once: each TLS handshake costs round trips on a high-latency link.
+    let links = futures::future::try_join_all((0..streams).map(|_| link::connect(remote))).await?;
     let mut run = Run {
         source,
         remote,
         links,
+        next_link: Default::default(),
         limiter: Limiter::new(opts.limit),
         counters: Counters::default(),
         progress,
