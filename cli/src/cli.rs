@@ -76,6 +76,66 @@ pub enum Command {
         /// The job id (the id of the snapshot it would have committed).
         job: String,
     },
+    /// Remote sites snapshots are replicated to (a second site for disaster recovery).
+    #[command(subcommand)]
+    Remote(RemoteCommand),
+    /// Copy snapshots to a remote site: only indexes and the chunks it lacks cross the
+    /// link, in their stored form; resumable.
+    Replicate(ReplicateArgs),
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCommand {
+    /// Add a remote site: a cluster whose coordinator has a `[replica]` listener.
+    Add(RemoteAddArgs),
+    /// List the remotes (tokens are never shown).
+    List,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("trust").required(true).args(["ca", "fingerprint", "insecure"])))]
+pub struct RemoteAddArgs {
+    pub name: String,
+    /// The remote's replica listener: https://HOST:PORT (http:// with --insecure).
+    pub url: String,
+    /// Trust the remote's certificate if this CA (PEM file) signed it for the URL's host.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Trust only the certificate with this SHA-256 fingerprint (hex, colons allowed).
+    #[arg(long, value_name = "SHA256")]
+    pub fingerprint: Option<String>,
+    /// File holding the token the remote accepts (copied into the remotes file, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Plaintext, without TLS: only to a loopback address, for tests.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Replicate these VMs by default (repeat; default: all).
+    #[arg(long, value_name = "NAME")]
+    pub vm: Vec<String>,
+    /// Replicate new snapshots by themselves shortly after each backup (in a cluster: by
+    /// its coordinator; embedded: at the end of `bora backup`).
+    #[arg(long)]
+    pub auto: bool,
+    /// Replace a remote of the same name.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Args)]
+pub struct ReplicateArgs {
+    /// The remote's name (see `bora remote list`).
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+    /// Only this VM's snapshots (repeat; default: the remote's VMs, or all).
+    #[arg(long, value_name = "NAME")]
+    pub vm: Vec<String>,
+    /// Connections used at once (fill a high-latency link).
+    #[arg(long, value_name = "N", default_value_t = bora_replica::send::DEFAULT_STREAMS)]
+    pub streams: usize,
+    /// Bandwidth limit over all connections, bytes per second.
+    #[arg(long, value_name = "BYTES")]
+    pub limit: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +189,14 @@ pub struct UpArgs {
     /// Ranges read at once from one hypervisor host, over all workers (default: no limit).
     #[arg(long, value_name = "N")]
     pub per_host_limit: Option<usize>,
+    /// Receive second-site replication on IP:PORT (port 0 picks one): writes a CA, a
+    /// certificate, its key and a random token under DIR/replica/ and prints how to add
+    /// this cluster as a remote.
+    #[arg(long, value_name = "ADDR")]
+    pub replica_listen: Option<String>,
+    /// With --replica-listen: plaintext instead of TLS (loopback addresses only; tests).
+    #[arg(long, requires = "replica_listen")]
+    pub replica_insecure: bool,
 }
 
 #[derive(Subcommand)]

@@ -15,10 +15,13 @@ mod files;
 mod host;
 mod members;
 mod quickstart;
+mod remote;
+mod replicate;
 mod restore;
 mod serve;
 mod snapshots;
 mod up;
+mod up_replica;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo: PathBuf = cli.repo.clone().unwrap_or_else(default_repo_dir);
@@ -54,6 +57,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(a) => members::coordinator(&a.config).await,
         Command::Worker(a) => members::worker(&a.config).await,
         Command::StorageNode(a) => members::storage_node(&a.config).await,
+        Command::Remote(c) => remote::run(&Location::Repo(&repo), c, cli.json).await,
+        Command::Replicate(a) => replicate::run(&Location::Repo(&repo), a, cli.json).await,
         Command::Status | Command::Repair | Command::Storage(_) | Command::Cancel { .. } => {
             bail!("this command needs --cluster URL (or BORA_CLUSTER)")
         }
@@ -69,6 +74,8 @@ async fn run_cluster(urls: &str, command: Command, json: bool) -> anyhow::Result
         Command::Status => cluster::status(urls, json).await,
         Command::Repair => cluster::repair(urls, json).await,
         Command::Storage(c) => cluster::storage(urls, c, json).await,
+        Command::Remote(c) => remote::run(&Location::Cluster(urls), c, json).await,
+        Command::Replicate(a) => replicate::run(&Location::Cluster(urls), a, json).await,
         Command::Up(a) => up::run(a, json).await,
         Command::Coordinator(a) => members::coordinator(&a.config).await,
         Command::Worker(a) => members::worker(&a.config).await,

@@ -6,6 +6,9 @@ mod cmd;
 mod output;
 mod progress;
 mod repair_loop;
+mod replica_site;
+mod replica_source;
+mod replicate_loop;
 mod repo;
 mod snapshot_disk;
 

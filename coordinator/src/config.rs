@@ -78,6 +78,10 @@ pub struct CoordinatorConfig {
     /// documentation).
     #[serde(default)]
     pub storage_nodes: Vec<StorageNodeEntry>,
+    /// Receive second-site replication from other clusters on a listener of its own
+    /// (default: off); see [`crate::replica_config`].
+    #[serde(default)]
+    pub replica: Option<crate::replica_config::ReplicaListenConfig>,
 }
 
 /// One storage node of the config file.
@@ -131,6 +135,7 @@ impl CoordinatorConfig {
             range_bytes: default_range_bytes(),
             storage_nodes: Vec::new(),
             cluster: None,
+            replica: None,
         }
     }
 
@@ -181,6 +186,9 @@ impl CoordinatorConfig {
             if self.storage_nodes[..i].iter().any(|m| m.id == n.id) {
                 return Err(format!("storage node {} is listed twice", n.id));
             }
+        }
+        if let Some(r) = &self.replica {
+            r.validate()?;
         }
         Ok(())
     }
@@ -313,5 +321,6 @@ mod deploy_example {
         let c = CoordinatorConfig::load(&path).expect("deploy example");
         assert_eq!(c.storage_nodes.len(), 3);
         assert_eq!(c.per_host_limit, Some(4));
+        assert!(c.replica.is_some_and(|r| r.tls_cert.is_some()));
     }
 }

@@ -80,6 +80,8 @@ pub struct BoundCoordinator {
     coordinator: Arc<Coordinator>,
     commits: mpsc::UnboundedReceiver<JobCommit>,
     lock: File,
+    /// Services the process adds beside the coordinator's (e.g. `Remotes`).
+    extra: tonic::service::Routes,
 }
 
 /// Opens the coordinator's state in `config.data_dir` (catalog, membership, epoch) and
@@ -148,6 +150,7 @@ pub async fn bind(
         coordinator: Arc::new(coordinator),
         commits,
         lock,
+        extra: tonic::service::Routes::default(),
     })
 }
 
@@ -160,6 +163,13 @@ impl BoundCoordinator {
     /// Lets this coordinator back up live VMs of registered hosts through `live`.
     pub fn with_live_vms(self, live: Arc<dyn LiveVms>) -> BoundCoordinator {
         let _ = self.coordinator.live.set(live);
+        self
+    }
+
+    /// Serves `routes` on the coordinator's listener too (services of other crates that
+    /// belong with the cluster's control plane).
+    pub fn with_routes(mut self, routes: tonic::service::Routes) -> BoundCoordinator {
+        self.extra = routes;
         self
     }
 
@@ -176,11 +186,13 @@ impl BoundCoordinator {
             coordinator: c,
             mut commits,
             lock,
+            extra,
         } = self;
         info!(id = %c.id, addr = %addr, epoch = ?c.epoch, "coordinator serving");
         let mut stopped = c.stopping.subscribe();
+        let routes = extra.add_service(grpc::CoordinatorService::server(c.clone()));
         let server = tonic::transport::Server::builder()
-            .add_service(grpc::CoordinatorService::server(c.clone()))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             });

@@ -456,5 +456,7 @@ impl ChunkStore for PlacedChunkStore {
     }
 }
 
+mod record;
+
 #[cfg(test)]
 mod tests;

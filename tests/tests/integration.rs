@@ -11,5 +11,6 @@ mod integration {
     pub mod live_vm;
     pub mod nbd_source;
     pub mod quickstart;
+    pub mod replicate;
     pub mod serve;
 }

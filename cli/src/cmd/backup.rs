@@ -164,5 +164,7 @@ pub async fn run(repo_dir: &Path, args: BackupArgs, json: bool) -> Result<()> {
         }
         (Some(_), Some(_)) => bail!("give either --image or --nbd, not both"),
     };
+    let vms: Vec<String> = reports.iter().map(|r| r.meta.vm.clone()).collect();
+    super::replicate::after_backup(repo, &vms).await;
     report::print_all(&reports, json)
 }

@@ -95,6 +95,8 @@ pub async fn coordinator(config: &Path) -> Result<()> {
     let bound = bora_coordinator::service::bind(&cfg, stores)
         .await?
         .with_live_vms(Arc::new(live));
+    let (routes, replication) = crate::replica_site::start(&cfg, bound.local_addr()).await?;
+    let bound = bound.with_routes(routes);
     announce(&format!("coordinator {} on {}", cfg.id, bound.local_addr()))?;
     let repairs = tokio::spawn(crate::repair_loop::run(
         bound.local_addr(),
@@ -102,6 +104,7 @@ pub async fn coordinator(config: &Path) -> Result<()> {
     ));
     let served = bound.run(stop).await;
     repairs.abort();
+    replication.iter().for_each(tokio::task::JoinHandle::abort);
     served?;
     Ok(())
 }

@@ -283,6 +283,13 @@ async fn start_members(
             toml_str(&addr.to_string())
         ));
     }
+    if let Some(listen) = &args.replica_listen {
+        nodes.push_str(&super::up_replica::prepare(
+            data,
+            listen,
+            args.replica_insecure,
+        )?);
+    }
     let cid = "coordinator-1";
     let cdir = data.join(cid);
     let lease_ms = args.lease_ms;

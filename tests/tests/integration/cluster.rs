@@ -18,21 +18,26 @@ const MIB: u64 = 1 << 20;
 /// A running `bora up`; SIGTERM on drop, and every extra member the test started is killed.
 pub(crate) struct Up {
     child: Child,
-    url: String,
-    data: PathBuf,
+    pub(crate) url: String,
+    pub(crate) data: PathBuf,
     extra: Vec<Child>,
 }
 
 impl Up {
     /// `bora up` with 8 MiB ranges, 1.5 s leases and `args`.
     pub(crate) fn start(env: &Env, args: &[&str]) -> Up {
-        Up::start_logging(env, args, None)
+        Up::start_logging(env, "cluster", args, None)
     }
 
-    /// [`Up::start`] with the members logging at `level` into `cluster/MEMBER/log`
+    /// [`Up::start`] with its data in `env`'s `dir` (several clusters in one test).
+    pub(crate) fn start_in(env: &Env, dir: &str, args: &[&str]) -> Up {
+        Up::start_logging(env, dir, args, None)
+    }
+
+    /// [`Up::start_in`] with the members logging at `level` into `DIR/MEMBER/log`
     /// (`None`: BORA_TEST_MEMBER_LOG's level, if set).
-    pub(crate) fn start_logging(env: &Env, args: &[&str], level: Option<&str>) -> Up {
-        let data = env.path("cluster");
+    pub(crate) fn start_logging(env: &Env, dir: &str, args: &[&str], level: Option<&str>) -> Up {
+        let data = env.path(dir);
         let mut cmd = Command::new(bora_bin());
         cmd.args(["up", "--data"])
             .arg(&data)

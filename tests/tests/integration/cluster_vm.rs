@@ -261,6 +261,7 @@ fn cluster_reads_at_most_per_host_limit_ranges_of_one_host() {
     // limit allows one. Slow sources keep ranges open long enough to overlap.
     let up = Up::start_logging(
         &env,
+        "cluster",
         &[
             "--workers",
             "2",
