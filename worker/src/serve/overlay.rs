@@ -96,7 +96,7 @@ pub enum OverlayError {
 pub(crate) struct Overlay {
     file: Arc<File>,
     size: u64,
-    written: RwLock<Bitmap>,
+    written: Arc<RwLock<Bitmap>>,
     /// Writes run one at a time: a partial block is read, merged and written back.
     write_lock: tokio::sync::Mutex<()>,
     saved: Option<Saved>,
@@ -107,7 +107,10 @@ struct Saved {
     dir: PathBuf,
     header: OverlayHeader,
     /// Saves run one at a time (they share a temporary file name).
-    save_lock: tokio::sync::Mutex<()>,
+    /// Held by the blocking save itself (not by the async caller, whose future can be
+    /// dropped while its save still runs), so saves never overlap and the last one
+    /// written lists every block fsynced before it.
+    save_lock: Arc<std::sync::Mutex<()>>,
     _lock: File,
 }
 
@@ -128,7 +131,7 @@ impl Overlay {
         Ok(Overlay {
             file: Arc::new(file),
             size,
-            written: RwLock::new(Bitmap::new(size)),
+            written: Arc::new(RwLock::new(Bitmap::new(size))),
             write_lock: tokio::sync::Mutex::new(()),
             saved: None,
         })
@@ -202,12 +205,12 @@ impl Overlay {
         Ok(Overlay {
             file: Arc::new(file),
             size: header.size,
-            written: RwLock::new(bitmap),
+            written: Arc::new(RwLock::new(bitmap)),
             write_lock: tokio::sync::Mutex::new(()),
             saved: Some(Saved {
                 dir: dir.to_path_buf(),
                 header,
-                save_lock: tokio::sync::Mutex::new(()),
+                save_lock: Arc::new(std::sync::Mutex::new(())),
                 _lock: lock,
             }),
         })
@@ -393,12 +396,16 @@ impl Overlay {
             let file = self.file.clone();
             return blocking(move || file.sync_data()).await;
         };
-        let _guard = saved.save_lock.lock().await;
-        let runs = self.with_bitmap(overlay_map::runs);
+        let lock = saved.save_lock.clone();
+        let written = self.written.clone();
         let file = self.file.clone();
         let dir = saved.dir.clone();
         let header = saved.header.clone();
         blocking(move || {
+            let _one_at_a_time = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            // The blocks listed are the ones written before this point: the fsync below
+            // makes them durable before the map that names them is saved.
+            let runs = overlay_map::runs(&written.read().unwrap_or_else(PoisonError::into_inner));
             file.sync_data()?;
             overlay_map::save(&dir, &header, runs)
         })
