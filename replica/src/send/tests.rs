@@ -191,14 +191,25 @@ async fn a_run_that_died_halfway_resumes_without_resending() {
         .unwrap_err();
     assert!(e.to_string().contains("killed"), "{e}");
     let first = acked.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(first, 20, "five batches of 4 were acknowledged");
+    // Two batches of 4 run at once and the 23rd read fails: the batches whose reads all
+    // came back were acknowledged (which ones depends on how the two interleave).
+    assert!(
+        first > 0 && first <= 22 && first % 4 == 0,
+        "{first} chunks acknowledged"
+    );
     assert!(
         site.snaps().is_empty(),
         "an incomplete snapshot is not visible"
     );
     source.left.store(1000, std::sync::atomic::Ordering::SeqCst);
     let rep = replicate(&source, &r, &opts(2), None).await.unwrap();
-    assert_eq!(rep.chunks_skipped, first, "{rep:?}");
-    assert_eq!(rep.chunks_sent, 41 - first, "{rep:?}");
+    // Nothing acknowledged is sent again; a batch stored just before the run died may
+    // be skipped too even though its acknowledgement never reached the progress report.
+    assert!(rep.chunks_skipped >= first, "{rep:?}");
+    assert!(
+        rep.chunks_skipped <= first + 8,
+        "at most the two batches in flight: {rep:?}"
+    );
+    assert_eq!(rep.chunks_sent + rep.chunks_skipped, 41, "{rep:?}");
     assert!(site.restores(&meta, &seeds).await);
 }
