@@ -194,7 +194,7 @@ async fn a_run_that_died_halfway_resumes_without_resending() {
     // Two batches of 4 run at once and the 23rd read fails: the batches whose reads all
     // came back were acknowledged (which ones depends on how the two interleave).
     assert!(
-        first > 0 && first <= 22 && first % 4 == 0,
+        first > 0 && first <= 22 && first.is_multiple_of(4),
         "{first} chunks acknowledged"
     );
     assert!(
