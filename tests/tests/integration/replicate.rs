@@ -154,14 +154,95 @@ fn the_second_site_restores_everything_alone_and_gets_only_new_chunks() {
         "{again}"
     );
 
-    // The first site goes away; the second restores both points in time by itself.
+    // A VM with a file system, for single files at the second site.
+    let tree = env.path("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), "second-site\n").unwrap();
+    std::fs::write(tree.join("etc/blob"), noise(300 << 10, 9)).unwrap();
+    let fs_img = env.path("fs.raw");
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&fs_img)
+        .arg("16M")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(st.success());
+    let fs_s = fs_img.to_string_lossy().into_owned();
+    env.json(&a.args(&["backup", "--image", &fs_s, "--vm", "fsvm", "--disk", "fs"]));
+    let r3 = env.json(&a.args(&["replicate", "--to", "dr", "--vm", "fsvm"]));
+    assert_eq!(u(&r3, "snapshots_sent"), 1, "{r3}");
+
+    // The first site goes away; the second restores both points in time by itself,
+    // single files, and serves a snapshot over NBD.
     let first_id = s(&first["snapshot"]).to_string();
     drop(a);
     let ids = snapshot_ids(&env, &b);
-    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids.len(), 3, "{ids:?}");
     assert_eq!(ids[0], first_id);
     restore_identical(&env, &b, &ids[0], "disk", &v1);
     restore_identical(&env, &b, &ids[1], "disk", &img);
+
+    let ls = env.json(&b.args(&[
+        "files", "ls", "latest", "--vm", "fsvm", "--disk", "fs", "/etc",
+    ]));
+    let names: Vec<&str> = ls
+        .as_array()
+        .expect("listing")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"hostname") && names.contains(&"blob"),
+        "{ls}"
+    );
+    let got = env.path("blob.out");
+    env.ok(&b.args(&[
+        "files",
+        "get",
+        "latest",
+        "--vm",
+        "fsvm",
+        "--disk",
+        "fs",
+        "/etc/blob",
+        "--to",
+        &got.to_string_lossy(),
+    ]));
+    assert_eq!(std::fs::read(&got).unwrap(), noise(300 << 10, 9));
+
+    let sock = env.path("b-serve.sock");
+    let mut serve = Command::new(bora_bin())
+        .args(b.args(&[
+            "serve",
+            &first_id,
+            "--vm",
+            "vm1",
+            "--disk",
+            "disk",
+            "--listen",
+            &format!("unix:{}", sock.display()),
+        ]))
+        .env_remove("BORA_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bora serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the url line");
+    let url = line
+        .trim()
+        .strip_prefix("serving ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let same = raw_identical(&v1, &url);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(same, "the second site serves the first snapshot bit-exact");
 }
 
 #[test]
