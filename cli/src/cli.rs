@@ -36,6 +36,9 @@ pub enum Command {
     Backup(BackupArgs),
     /// List snapshots, oldest first.
     Snapshots(SnapshotsArgs),
+    /// Forget a VM's snapshots a retention policy does not keep (their chunks stay until
+    /// garbage collection; the newest snapshot is always kept).
+    Prune(PruneArgs),
     /// Write a disk as it was at a snapshot.
     Restore(RestoreArgs),
     /// Build a sample VM disk, back it up twice, restore it and prove it bit-exact.
@@ -273,6 +276,27 @@ pub struct BackupArgs {
     /// Read every allocated block even when changed-block information exists.
     #[arg(long)]
     pub full: bool,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    #[arg(long, value_name = "NAME")]
+    pub vm: String,
+    /// Keep the newest N snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the newest N days that have one (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the newest N ISO weeks that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the newest N months that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Say what would be forgotten; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args)]

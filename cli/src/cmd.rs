@@ -14,6 +14,7 @@ mod copy_back;
 mod files;
 mod host;
 mod members;
+mod prune;
 mod quickstart;
 mod remote;
 mod replicate;
@@ -46,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup(a) => backup::run(&repo, a, cli.json).await,
         Command::Snapshots(a) => snapshots::run(&repo, a, cli.json),
+        Command::Prune(a) => prune::run(&Location::Repo(&repo), a, cli.json).await,
         Command::Restore(a) => restore::run(&Location::Repo(&repo), a, cli.json).await,
         Command::Quickstart(a) => quickstart::run(&Location::Repo(&repo), a, cli.json).await,
         Command::Serve(a) => serve::run(&Location::Repo(&repo), a, cli.json).await,
@@ -70,6 +72,7 @@ async fn run_cluster(urls: &str, command: Command, json: bool) -> anyhow::Result
     match command {
         Command::Backup(a) => cluster::backup(urls, a, json).await,
         Command::Snapshots(a) => cluster::snapshots(urls, a, json).await,
+        Command::Prune(a) => prune::run(&Location::Cluster(urls), a, json).await,
         Command::Restore(a) => restore::run(&Location::Cluster(urls), a, json).await,
         Command::Status => cluster::status(urls, json).await,
         Command::Repair => cluster::repair(urls, json).await,

@@ -131,6 +131,30 @@ impl Catalog {
             })
     }
 
+    /// Forgets snapshots `ids` of `vm` (`bora prune`): their records are removed and the
+    /// directory fsynced. Their chunks stay until garbage collection; other snapshots do
+    /// not depend on them (every index is whole). Returns the ids that were there.
+    pub fn forget(&self, vm: &str, ids: &[SnapshotId]) -> Result<Vec<SnapshotId>, CatalogError> {
+        let _one_at_a_time = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut gone = Vec::new();
+        for e in self.entries()? {
+            if e.meta.vm == vm && ids.contains(&e.meta.id) {
+                let path = self.dir.join(format!("{:012}-{}.json", e.seq, e.meta.id));
+                fs::remove_file(&path).map_err(io(&path))?;
+                gone.push(e.meta.id);
+            }
+        }
+        if !gone.is_empty() {
+            fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
+        }
+        Ok(gone)
+    }
+
     /// Commits a snapshot record durably. Its chunks and index must already be stored.
     pub fn commit(&self, meta: &SnapshotMeta) -> Result<(), CatalogError> {
         let _one_at_a_time = self
@@ -198,6 +222,28 @@ mod tests {
             c.commit(&meta("a", "s1")),
             Err(CatalogError::Duplicate(_))
         ));
+    }
+
+    #[test]
+    fn forget_removes_only_the_vms_named_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(dir.path()).unwrap();
+        for (vm, id) in [("a", "s1"), ("a", "s2"), ("b", "s3"), ("a", "s4")] {
+            c.commit(&meta(vm, id)).unwrap();
+        }
+        let ids =
+            |v: &[&str]| -> Vec<SnapshotId> { v.iter().map(|i| i.parse().unwrap()).collect() };
+        let gone = c.forget("a", &ids(&["s1", "s3", "s9"])).unwrap();
+        assert_eq!(gone, ids(&["s1"]), "s3 is vm b's, s9 does not exist");
+        let left: Vec<String> = c
+            .list(None)
+            .unwrap()
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect();
+        assert_eq!(left, ["s2", "s3", "s4"]);
+        c.commit(&meta("a", "s5")).unwrap();
+        assert_eq!(c.get("a", "latest").unwrap().id.as_str(), "s5");
     }
 
     #[test]

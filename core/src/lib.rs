@@ -13,6 +13,7 @@ pub mod job;
 pub mod placement;
 pub mod progress;
 pub mod range;
+pub mod retention;
 pub mod snapshot;
 pub mod store;
 pub mod units;

@@ -95,6 +95,10 @@ pub struct Report {
     pub snapshots_sent: u64,
     /// Snapshots the remote had already.
     pub snapshots_present: u64,
+    /// Snapshots the remote lacks but not sent: older than the newest it has of their VM
+    /// (it pruned them, or never wanted them).
+    #[serde(default)]
+    pub snapshots_older: u64,
     /// Chunks (data and index pieces) sent.
     pub chunks_sent: u64,
     /// Chunk references the remote already had (not sent).
@@ -413,7 +417,15 @@ pub async fn replicate(
             .present;
         for (i, m) in group.iter().enumerate() {
             match present.get(i) {
-                Some(true) => run.report.snapshots_present += 1,
+                Some(true) => {
+                    run.report.snapshots_present += 1;
+                    // Forward only: what is older than a snapshot the remote has of the
+                    // same VM stays on this side, so each site keeps its own retention
+                    // (a snapshot the remote pruned is not sent again).
+                    let before = todo.len();
+                    todo.retain(|t: &&SnapshotMeta| t.vm != m.vm);
+                    run.report.snapshots_older += (before - todo.len()) as u64;
+                }
                 _ => todo.push(m),
             }
         }

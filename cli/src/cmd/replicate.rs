@@ -64,11 +64,12 @@ pub fn print(r: &Report, json: bool) -> Result<()> {
         return output::json(&serde_json::to_value(r)?);
     }
     println!(
-        "replicated to {} ({}): {} snapshots sent ({} already there), {} chunks sent ({}, {}), {} already there, in {:.1} s",
+        "replicated to {} ({}): {} snapshots sent ({} already there, {} older than its newest), {} chunks sent ({}, {}), {} already there, in {:.1} s",
         r.remote,
         r.remote_cluster,
         r.snapshots_sent,
         r.snapshots_present,
+        r.snapshots_older,
         r.chunks_sent,
         output::bytes(r.bytes_sent),
         output::rate(r.bytes_sent, r.duration_s),

@@ -152,6 +152,19 @@ impl Coordinator {
         Ok(meta)
     }
 
+    /// Forgets snapshots `ids` of `vm`, between commits.
+    pub(super) async fn catalog_forget(
+        &self,
+        vm: String,
+        ids: Vec<SnapshotId>,
+    ) -> Result<Vec<SnapshotId>, RequestError> {
+        let _one_at_a_time = self.commit_lock.lock().await;
+        let catalog = self.catalog.clone();
+        let gone = blocking(move || catalog.forget(&vm, &ids)).await?;
+        info!(forgotten = gone.len(), "snapshots forgotten");
+        Ok(gone)
+    }
+
     pub(super) async fn catalog_list(
         &self,
         vm: Option<String>,

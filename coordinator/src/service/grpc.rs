@@ -123,6 +123,29 @@ impl CoordinatorRpc for CoordinatorService {
         answer(r.await)
     }
 
+    async fn forget_snapshots(
+        &self,
+        request: Request<pb::ForgetSnapshotsRequest>,
+    ) -> Answer<pb::ForgetSnapshotsResponse> {
+        let r = request.into_inner();
+        let r = async {
+            check_name("vm", &r.vm).map_err(RequestError::Invalid)?;
+            let ids = r
+                .ids
+                .iter()
+                .map(|i| {
+                    i.parse::<bora_core::snapshot::SnapshotId>()
+                        .map_err(|e| RequestError::Invalid(format!("snapshot id {i:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let gone = self.c.catalog_forget(r.vm, ids).await?;
+            Ok(pb::ForgetSnapshotsResponse {
+                forgotten: gone.iter().map(ToString::to_string).collect(),
+            })
+        };
+        answer(r.await)
+    }
+
     async fn start_backup(
         &self,
         request: Request<pb::StartBackupRequest>,

@@ -72,6 +72,24 @@ async fn replicates_over_tls_then_sends_only_new_chunks() {
         (0, 0, 3)
     );
 
+    // The remote keeps less (its own retention): what it pruned, older than the newest
+    // it has of the VM, is not sent again; a new snapshot is.
+    site.snaps.lock().unwrap().retain(|m| m.id != m1.id);
+    let s3: Vec<u64> = (200..204).collect();
+    let m3 = source.backup("vm1", &s3).await;
+    let rep = replicate(&source, &r, &opts(1), None).await.unwrap();
+    assert_eq!(
+        (
+            rep.snapshots_sent,
+            rep.snapshots_older,
+            rep.snapshots_present
+        ),
+        (1, 1, 2),
+        "{rep:?}"
+    );
+    assert!(!site.snaps().iter().any(|m| m.id == m1.id));
+    assert!(site.restores(&m3, &s3).await);
+
     // A CA works as well as the pin, for the name in the certificate.
     let mut by_ca = r.clone();
     by_ca.fingerprint = None;

@@ -483,3 +483,88 @@ fn a_wrong_token_or_certificate_is_refused_and_nothing_is_written() {
     assert_eq!(ids.len(), 2);
     restore_identical(&env, &b, &ids[1], "disk", &img);
 }
+
+/// `bora prune` on each site by its own policy: the second site keeps less than the
+/// first, and replication does not send back what it pruned.
+#[test]
+fn each_site_prunes_by_its_own_policy() {
+    let env = Env::new();
+    let b = Up::start_in(
+        &env,
+        "site-b",
+        &[
+            "--storage-nodes",
+            "1",
+            "--workers",
+            "1",
+            "--replica-listen",
+            "127.0.0.1:0",
+            "--replica-insecure",
+        ],
+    );
+    let info = replica_info(&b);
+    let img = env.path("disk.raw");
+    let mut versions = Vec::new();
+    for v in 0..3u64 {
+        raw_image(&img, 4 * MIB, &[(v * MIB, noise(MIB as usize, 40 + v))]);
+        env.json(&["backup", "--image", &img.to_string_lossy(), "--vm", "vm1"]);
+        let copy = env.path(&format!("v{v}.raw"));
+        std::fs::copy(&img, &copy).expect("copy");
+        versions.push(copy);
+    }
+    // The first site is the embedded repository.
+    env.ok(&[
+        "remote",
+        "add",
+        "dr",
+        s(&info["url"]),
+        "--insecure",
+        "--token-file",
+        s(&info["token_file"]),
+    ]);
+    let r = env.json(&["replicate", "--to", "dr"]);
+    assert_eq!(u(&r, "snapshots_sent"), 3, "{r}");
+
+    // The second site keeps only the newest; a dry run first changes nothing.
+    let dry = env.json(&b.args(&["prune", "--vm", "vm1", "--keep-last", "1", "--dry-run"]));
+    assert_eq!(dry["forget"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(snapshot_ids(&env, &b).len(), 3);
+    let p = env.json(&b.args(&["prune", "--vm", "vm1", "--keep-last", "1"]));
+    assert_eq!(p["forgotten"].as_array().unwrap().len(), 2, "{p}");
+    let kept = snapshot_ids(&env, &b);
+    assert_eq!(kept.len(), 1);
+    restore_identical(&env, &b, &kept[0], "disk", &versions[2]);
+
+    // Replication does not send the pruned ones back; a new backup still goes.
+    let again = env.json(&["replicate", "--to", "dr"]);
+    assert_eq!(
+        (u(&again, "snapshots_sent"), u(&again, "snapshots_older")),
+        (0, 2),
+        "{again}"
+    );
+    raw_image(&img, 4 * MIB, &[(3 * MIB, noise(MIB as usize, 50))]);
+    env.json(&["backup", "--image", &img.to_string_lossy(), "--vm", "vm1"]);
+    let next = env.json(&["replicate", "--to", "dr"]);
+    assert_eq!(u(&next, "snapshots_sent"), 1, "{next}");
+    assert_eq!(snapshot_ids(&env, &b).len(), 2);
+
+    // The first site keeps all four, and prunes by its own policy.
+    let mine = env.json(&["snapshots", "--vm", "vm1"]);
+    assert_eq!(mine.as_array().unwrap().len(), 4);
+    let p = env.json(&["prune", "--vm", "vm1", "--keep-last", "3"]);
+    assert_eq!(p["forgotten"].as_array().unwrap().len(), 1, "{p}");
+    let oldest_left = env.json(&["snapshots", "--vm", "vm1"])[0]["id"].clone();
+    env.ok(&[
+        "restore",
+        s(&oldest_left),
+        "--vm",
+        "vm1",
+        "--disk",
+        "disk",
+        "--to",
+        &env.path("a-v1.raw").to_string_lossy(),
+    ]);
+    assert!(images_identical(&versions[1], &env.path("a-v1.raw")));
+    let e = env.fails(&["prune", "--vm", "vm1"]);
+    assert!(e.contains("--keep-"), "{e}");
+}
