@@ -21,6 +21,7 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    quiet_broken_pipe();
     let args = cli::Cli::parse();
     init_tracing(args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -40,6 +41,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `bora … --json | head` closes stdout early; printing then fails with EPIPE, which
+/// Rust's `println!` turns into a panic. Like other Unix tools, exit quietly instead, with
+/// the status a shell expects of a process stopped by SIGPIPE (128 + 13).
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Logs go to stderr; `BORA_LOG` (e.g. `info`, `bora_worker=debug`) overrides `-v`.

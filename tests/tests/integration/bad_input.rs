@@ -170,3 +170,23 @@ fn corrupted_chunk_fails_restore_naming_chunk_and_offset() {
     assert!(err.contains("chunk") && err.contains("offset"), "{err}");
     assert!(!out.exists(), "a failed restore left {}", out.display());
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_like_sigpipe() {
+    let (env, _img, _snap) = one_snapshot();
+    // The reading end is gone before bora starts: its first write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(bora_bin())
+        .arg("--repo")
+        .arg(env.repo())
+        .args(["snapshots", "--json"])
+        .env_remove("BORA_LOG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run bora");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
