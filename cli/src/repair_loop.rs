@@ -15,12 +15,17 @@ use bora_storage_node::placed::PlacedChunkStore;
 
 /// How often the storage nodes are checked.
 const CHECK_EVERY: Duration = Duration::from_secs(3);
+/// Longest wait before a repair whose copies failed is tried again (doubling from
+/// [`CHECK_EVERY`]).
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Runs until aborted; talks to the coordinator at `coordinator` like any client.
 pub async fn run(coordinator: SocketAddr, cluster: String) {
     let url = format!("http://{coordinator}");
-    // The nodes that answered at the last complete repair, with their process ids.
+    // The nodes that answered at the last check, with their process ids.
     let mut answered: BTreeMap<NodeId, u32> = BTreeMap::new();
+    // A repair that failed on nodes that answer is tried again, less and less often.
+    let mut retry_at: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         let store = match crate::cluster::connect(&url).await {
@@ -37,36 +42,67 @@ pub async fn run(coordinator: SocketAddr, cluster: String) {
             .filter(|(n, pid)| answered.get(*n) != Some(*pid))
             .map(|(n, _)| n)
             .collect();
-        if !joined.is_empty() {
-            let names: Vec<String> = joined.iter().map(|n| n.to_string()).collect();
+        let retry_due = retry_at.is_some_and(|(at, _)| tokio::time::Instant::now() >= at);
+        if !joined.is_empty() || retry_due {
+            let mut names: Vec<String> = joined.iter().map(|n| n.to_string()).collect();
+            if names.is_empty() {
+                names.push("the retry".into());
+            }
             tracing::info!(nodes = %names.join(","), "storage nodes joined or came back; repairing");
-            match bora_storage_node::repair::repair(&store).await {
-                Ok(r) if r.is_complete() => eprintln!(
-                    "repair after {} answered: {} chunks seen, {} copies made ({} bytes), {} unrecoverable",
-                    names.join(", "),
-                    r.digests_seen,
-                    r.copies_made,
-                    r.bytes_copied,
-                    r.unrecoverable.len()
-                ),
-                Ok(r) => {
-                    // A member is still unreachable: try again at the next check.
+            let done = match bora_storage_node::repair::repair(&store).await {
+                Ok(r) if r.is_complete() => {
                     eprintln!(
-                        "repair incomplete ({} copies made, {} failed, {} nodes unreachable); retrying",
+                        "repair after {} answered: {} chunks seen, {} copies made ({} bytes), {} unrecoverable",
+                        names.join(", "),
+                        r.digests_seen,
                         r.copies_made,
-                        r.copies_failed,
+                        r.bytes_copied,
+                        r.unrecoverable.len()
+                    );
+                    true
+                }
+                Ok(r) if r.copies_failed == 0 => {
+                    // Only members that are down kept it from completing: everything the
+                    // answering nodes can do is done. Their return (a new answer) starts
+                    // the next repair; listing every digest again each check would not.
+                    eprintln!(
+                        "repair done as far as the nodes that answer allow ({} copies made, {} nodes unreachable); it runs again when they come back",
+                        r.copies_made,
                         r.nodes_unreachable.len()
                     );
-                    continue;
+                    true
+                }
+                Ok(r) => {
+                    let wait = next_wait(&mut retry_at);
+                    eprintln!(
+                        "repair incomplete ({} copies made, {} failed, {} nodes unreachable); retrying in {} s",
+                        r.copies_made,
+                        r.copies_failed,
+                        r.nodes_unreachable.len(),
+                        wait.as_secs()
+                    );
+                    false
                 }
                 Err(e) => {
-                    eprintln!("repair failed: {e}; retrying");
-                    continue;
+                    let wait = next_wait(&mut retry_at);
+                    eprintln!("repair failed: {e}; retrying in {} s", wait.as_secs());
+                    false
                 }
+            };
+            if done {
+                retry_at = None;
             }
         }
+        // What changed is handled (or scheduled again by `retry_at`).
         answered = now;
     }
+}
+
+/// Schedules the next retry of a failed repair, doubling the wait; returns it.
+fn next_wait(retry_at: &mut Option<(tokio::time::Instant, Duration)>) -> Duration {
+    let wait = retry_at.map_or(CHECK_EVERY, |(_, w)| (w * 2).min(RETRY_MAX));
+    *retry_at = Some((tokio::time::Instant::now() + wait, wait));
+    wait
 }
 
 /// The members of the ring that answer a `Stats` call as themselves, in `cluster`, with
