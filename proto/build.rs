@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/storage.proto",
             "proto/coordinator.proto",
             "proto/worker.proto",
+            "proto/raft.proto",
         ],
         &["proto"],
     )?;

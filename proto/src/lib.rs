@@ -13,3 +13,7 @@ pub mod coordinator {
 pub mod worker {
     tonic::include_proto!("bora.worker.v1");
 }
+
+pub mod raft {
+    tonic::include_proto!("bora.raft.v1");
+}
