@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InitializeError, RaftError};
+use openraft::metrics::WaitError;
 use openraft::{ChangeMembers, RaftNetworkFactory, ServerState, SnapshotPolicy};
 use tracing::{Instrument, info, info_span};
 
@@ -172,7 +173,8 @@ impl RaftCatalog {
         let write = self.raft.client_write(command).instrument(span);
         let response = tokio::time::timeout(self.propose_timeout, write)
             .await
-            .map_err(|_| RaftCatalogError::Uncertain(self.propose_timeout))??;
+            .map_err(|_| RaftCatalogError::Uncertain(self.propose_timeout))?
+            .map_err(|e| self.locate_leader(e.into()))?;
         Ok(response.data?)
     }
 
@@ -183,8 +185,23 @@ impl RaftCatalog {
             .await
             .map_err(|_| {
                 RaftCatalogError::NoQuorum(format!("no answer within {:?}", self.propose_timeout))
-            })??;
+            })?
+            .map_err(|e| self.locate_leader(e.into()))?;
         Ok(self.read_local(f))
+    }
+
+    /// Completes a `NotLeader` that lacks the leader's address from this member's
+    /// membership, when it knows who leads.
+    fn locate_leader(&self, e: RaftCatalogError) -> RaftCatalogError {
+        let RaftCatalogError::NotLeader { leader: None } = e else {
+            return e;
+        };
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.and_then(|id| {
+            let node = m.membership_config.membership().get_node(&id)?.clone();
+            Some((id, node.addr))
+        });
+        RaftCatalogError::NotLeader { leader }
     }
 
     /// Reads this member's applied state as it is: possibly behind the leader.
@@ -262,12 +279,16 @@ impl RaftCatalog {
         index: u64,
         timeout: Duration,
     ) -> Result<(), RaftCatalogError> {
-        self.raft
+        match self
+            .raft
             .wait(Some(timeout))
             .applied_index_at_least(Some(index), "wait_applied")
             .await
-            .map(|_| ())
-            .map_err(|e| RaftCatalogError::Stopped(e.to_string()))
+        {
+            Ok(_) => Ok(()),
+            Err(WaitError::Timeout(..)) => Err(RaftCatalogError::Behind { index, timeout }),
+            Err(WaitError::ShuttingDown) => Err(RaftCatalogError::Stopped("shutting down".into())),
+        }
     }
 
     /// Stops this member and waits (up to 10 s) until its store is closed, so the same

@@ -29,6 +29,9 @@ pub enum RaftCatalogError {
     /// caller cannot tell), so a retry must be idempotent or checked first.
     #[error("not committed within {0:?} (no quorum reachable?); it may still commit")]
     Uncertain(Duration),
+    /// This member had not applied `index` within `timeout`.
+    #[error("this coordinator has not applied entry {index} within {timeout:?}")]
+    Behind { index: u64, timeout: Duration },
     /// The leader could not confirm its leadership with a quorum (read refused).
     #[error("no quorum confirmed this leader: {0}")]
     NoQuorum(String),

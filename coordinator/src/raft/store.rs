@@ -19,7 +19,8 @@
 //! Each apply writes the touched records, the applied log id and the membership in one
 //! synced batch, so the state machine never runs ahead of or behind its applied id, and a
 //! log purge (which follows a snapshot of applied state) can never lose an entry whose
-//! effect is not durable.
+//! effect is not durable. The one unsynced write is the committed index, a hint: after a
+//! crash a member re-learns it from the leader.
 
 mod log;
 mod rows;
@@ -85,6 +86,13 @@ pub enum StoreError {
     NewerFormat { path: PathBuf, found: u32 },
     #[error("raft store {path}: record {what} is unreadable: {source}")]
     Decode {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: CodecError,
+    },
+    #[error("raft store {path}: cannot encode {what}: {source}")]
+    Encode {
         path: PathBuf,
         what: String,
         #[source]
@@ -185,11 +193,17 @@ impl Db {
         what: impl Into<String>,
         value: &T,
     ) -> Result<Vec<u8>, StoreError> {
-        super::codec::encode(value).map_err(|source| StoreError::Decode {
+        super::codec::encode(value).map_err(|source| StoreError::Encode {
             path: self.path.clone(),
             what: what.into(),
             source,
         })
+    }
+
+    /// Writes `batch` to the WAL without waiting for an fsync (for hints that may be
+    /// lost in a crash, such as the committed index).
+    pub(crate) fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.db.write(batch).map_err(self.rocks("write"))
     }
 
     fn check_format(&self) -> Result<(), StoreError> {

@@ -42,10 +42,12 @@ impl LogStore {
         }
     }
 
+    /// Writes one metadata record; `synced`: fsynced before this returns.
     async fn write_meta<T: serde::Serialize + Send + Sync + 'static>(
         &self,
         key: &'static [u8],
         value: T,
+        synced: bool,
     ) -> Result<(), StoreError> {
         let db = self.db.clone();
         blocking(move || {
@@ -55,7 +57,11 @@ impl LogStore {
                 key,
                 db.encode(String::from_utf8_lossy(key), &value)?,
             );
-            db.write_synced(batch)
+            if synced {
+                db.write_synced(batch)
+            } else {
+                db.write_unsynced(batch)
+            }
         })
         .await
     }
@@ -139,7 +145,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.write_meta(KEY_VOTE, *vote)
+        self.write_meta(KEY_VOTE, *vote, true)
             .await
             .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))
     }
@@ -153,7 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.write_meta(KEY_COMMITTED, committed)
+        self.write_meta(KEY_COMMITTED, committed, false)
             .await
             .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Write))
     }
