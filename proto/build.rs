@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/coordinator.proto",
             "proto/worker.proto",
             "proto/replica.proto",
+            "proto/raft.proto",
         ],
         &["proto"],
     )?;

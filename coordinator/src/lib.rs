@@ -2,7 +2,8 @@
 //! ranges for workers, and the job runner that turns range results into a snapshot. For
 //! the cluster mode, two pure (sans-IO) cores: the lease table that hands ranges to
 //! workers (`lease`) and the placement of chunks on storage nodes (`placement`); and the
-//! gRPC service that drives them (`service`, configured by `config`).
+//! gRPC service that drives them (`service`, configured by `config`). The replicated
+//! catalog for a cluster of coordinators (`raft`) is a library not yet used by `service`.
 
 pub mod backup;
 pub mod catalog;
@@ -15,4 +16,5 @@ pub mod live;
 pub use bora_core::placement;
 pub mod planner;
 pub mod replica_config;
+pub mod raft;
 pub mod service;

@@ -17,3 +17,6 @@ pub mod worker {
 pub mod replica {
     tonic::include_proto!("bora.replica.v1");
 }
+pub mod raft {
+    tonic::include_proto!("bora.raft.v1");
+}
