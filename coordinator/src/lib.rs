@@ -15,6 +15,6 @@ pub mod live;
 /// Chunk placement lives in core (storage nodes and workers use it too).
 pub use bora_core::placement;
 pub mod planner;
-pub mod replica_config;
 pub mod raft;
+pub mod replica_config;
 pub mod service;
