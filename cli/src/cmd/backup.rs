@@ -22,7 +22,7 @@ use crate::cli::BackupArgs;
 use crate::progress::Bar;
 use crate::repo::Repo;
 
-mod image;
+pub mod image;
 pub mod live;
 pub mod nbd;
 pub mod report;

@@ -12,15 +12,13 @@ use crate::repo::Repo;
 
 /// Backs up one image file as disk `disk` (default: the file stem) of `vm`. `quiet`: no
 /// progress bar.
-pub async fn backup_image(
-    repo: &Repo,
-    image: &Path,
-    vm: &str,
-    disk: Option<&str>,
-    quiet: bool,
-) -> Result<BackupReport> {
-    let disk = match disk {
-        Some(d) => d.to_string(),
+/// Why an image file is always read in full.
+pub const NO_CBT: &str = "image files carry no changed-block information";
+
+/// The disk an image is backed up as: `--disk`, else the file stem.
+pub fn disk_name(image: &Path, disk: Option<&str>) -> Result<String> {
+    match disk {
+        Some(d) => Ok(d.to_string()),
         None => image
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -29,8 +27,18 @@ pub async fn backup_image(
                     "cannot derive a disk name from {}; pass --disk",
                     image.display()
                 )
-            })?,
-    };
+            }),
+    }
+}
+
+pub async fn backup_image(
+    repo: &Repo,
+    image: &Path,
+    vm: &str,
+    disk: Option<&str>,
+    quiet: bool,
+) -> Result<BackupReport> {
+    let disk = disk_name(image, disk)?;
     let source = open_image(image).await?;
     let parent = repo.catalog.latest(vm)?;
     let input = DiskInput {
@@ -38,7 +46,7 @@ pub async fn backup_image(
         source,
         source_desc: image.display().to_string(),
         mode: Mode::Full {
-            reason: "image files carry no changed-block information".into(),
+            reason: NO_CBT.into(),
         },
         next_bitmap: None,
     };

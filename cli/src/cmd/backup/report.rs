@@ -80,3 +80,37 @@ pub fn print_all(reports: &[BackupReport], json: bool) -> anyhow::Result<()> {
         Ok(())
     }
 }
+
+/// Each VM once, in the order given: the same VM twice would have two backups tearing
+/// down each other's freeze.
+pub fn unique_vms(vms: &[String]) -> Vec<&String> {
+    let mut unique: Vec<&String> = Vec::new();
+    for vm in vms {
+        if !unique.contains(&vm) {
+            unique.push(vm);
+        }
+    }
+    unique
+}
+
+/// The reports of a multi-VM backup, or one error naming every VM that failed (after
+/// saying on stderr which ones did commit). `failed` holds failures found earlier.
+pub fn collect_outcomes(
+    outcomes: impl IntoIterator<Item = (String, anyhow::Result<BackupReport>)>,
+    mut failed: Vec<String>,
+) -> anyhow::Result<Vec<BackupReport>> {
+    let mut reports = Vec::new();
+    for (vm, r) in outcomes {
+        match r {
+            Ok(rep) => reports.push(rep),
+            Err(e) => failed.push(format!("{vm}: {}", output::one_line(&e))),
+        }
+    }
+    if !failed.is_empty() {
+        for r in &reports {
+            eprintln!("backed up vm {} as snapshot {}", r.meta.vm, r.meta.id);
+        }
+        anyhow::bail!("backup failed for {}", failed.join("; "));
+    }
+    Ok(reports)
+}

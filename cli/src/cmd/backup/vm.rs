@@ -18,6 +18,7 @@ use bora_worker::qemu::recover::recover;
 use bora_worker::qmp::BlockNode;
 use bora_worker::source::nbd::{CONNECTIONS, NbdSource};
 
+use super::report::{collect_outcomes, unique_vms};
 use super::{BackupReport, DiskInput, Mode, backup_disks};
 use crate::output;
 use crate::repo::Repo;
@@ -226,13 +227,7 @@ pub async fn run(
 ) -> Result<Vec<BackupReport>> {
     let mut limits: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let mut jobs = Vec::new();
-    // The same VM twice would have two backups tearing down each other's freeze.
-    let mut unique: Vec<&String> = Vec::new();
-    for vm in vms {
-        if !unique.contains(&vm) {
-            unique.push(vm);
-        }
-    }
+    let unique = unique_vms(vms);
     for vm in unique.iter().copied() {
         let (host, sock) = find_vm(repo, vm)?;
         let sem = limits
@@ -246,22 +241,7 @@ pub async fn run(
             (vm.clone(), backup_vm(repo, &host, &sock, full, quiet).await)
         });
     }
-    let results = futures::future::join_all(jobs).await;
-    let mut reports = Vec::new();
-    let mut failed = Vec::new();
-    for (vm, r) in results {
-        match r {
-            Ok(rep) => reports.push(rep),
-            Err(e) => failed.push(format!("{vm}: {}", output::one_line(&e))),
-        }
-    }
-    if !failed.is_empty() {
-        for r in &reports {
-            eprintln!("backed up vm {} as snapshot {}", r.meta.vm, r.meta.id);
-        }
-        bail!("backup failed for {}", failed.join("; "));
-    }
-    Ok(reports)
+    collect_outcomes(futures::future::join_all(jobs).await, Vec::new())
 }
 
 #[cfg(test)]

@@ -21,8 +21,9 @@ use bora_worker::source::image::probe;
 use crate::cli::BackupArgs;
 use crate::cluster::{Cluster, connect, parse_meta, status_err};
 use crate::cmd::backup::Mode;
+use crate::cmd::backup::image::{NO_CBT, disk_name};
 use crate::cmd::backup::nbd::mode;
-use crate::cmd::backup::report::{BackupReport, print_all};
+use crate::cmd::backup::report::{BackupReport, collect_outcomes, print_all, unique_vms};
 use crate::output;
 use crate::repo::DEFAULT_CHUNK_SIZE as CHUNK_SIZE;
 
@@ -97,15 +98,9 @@ async fn live_vms(
     full: bool,
     started: Instant,
 ) -> Result<Vec<BackupReport>> {
-    let mut unique: Vec<&String> = Vec::new();
-    for vm in vms {
-        if !unique.contains(&vm) {
-            unique.push(vm);
-        }
-    }
     let mut jobs = Vec::new();
     let mut failed = Vec::new();
-    for vm in unique {
+    for vm in unique_vms(vms) {
         match c
             .client
             .backup_vm(BackupVmRequest {
@@ -131,20 +126,7 @@ async fn live_vms(
             (vm.clone(), r)
         }
     });
-    let mut reports = Vec::new();
-    for (vm, r) in futures::future::join_all(waits).await {
-        match r {
-            Ok(rep) => reports.push(rep),
-            Err(e) => failed.push(format!("{vm}: {}", output::one_line(&e))),
-        }
-    }
-    if !failed.is_empty() {
-        for r in &reports {
-            eprintln!("backed up vm {} as snapshot {}", r.meta.vm, r.meta.id);
-        }
-        bail!("backup failed for {}", failed.join("; "));
-    }
-    Ok(reports)
+    collect_outcomes(futures::future::join_all(waits).await, failed)
 }
 
 /// The report of job `job` of `vm` when it committed; its error otherwise.
@@ -199,21 +181,10 @@ async fn nbd_source(c: &mut Cluster, vm: &str, url: &str, args: &BackupArgs) -> 
 async fn image_source(image: &Path, disk: Option<&str>) -> Result<DiskSource> {
     let image = std::path::absolute(image)
         .with_context(|| format!("cannot resolve {}", image.display()))?;
-    let disk = match disk {
-        Some(d) => d.to_string(),
-        None => image
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                anyhow!(
-                    "cannot derive a disk name from {}; pass --disk",
-                    image.display()
-                )
-            })?,
-    };
+    let disk = disk_name(&image, disk)?;
     let info = probe(&image).await?;
     let cbt = Mode::Full {
-        reason: "image files carry no changed-block information".into(),
+        reason: NO_CBT.into(),
     }
     .cbt(None);
     Ok(DiskSource {
