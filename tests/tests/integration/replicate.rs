@@ -23,6 +23,24 @@ fn replica_info(site: &Up) -> Value {
     serde_json::from_str(&text).expect("remote.json is JSON")
 }
 
+/// The second site: `bora up` in `site-b` with `nodes` storage nodes, one worker and a
+/// replica listener (plaintext when `insecure`).
+fn site_b(env: &Env, nodes: u32, insecure: bool) -> Up {
+    let nodes = nodes.to_string();
+    let mut args = vec![
+        "--storage-nodes",
+        nodes.as_str(),
+        "--workers",
+        "1",
+        "--replica-listen",
+        "127.0.0.1:0",
+    ];
+    if insecure {
+        args.push("--replica-insecure");
+    }
+    Up::start_in(env, "site-b", &args)
+}
+
 fn s(v: &Value) -> &str {
     v.as_str().expect("a string")
 }
@@ -73,18 +91,7 @@ fn restore_identical(env: &Env, site: &Up, id: &str, disk: &str, want: &Path) {
 fn the_second_site_restores_everything_alone_and_gets_only_new_chunks() {
     let env = Env::new();
     let a = Up::start_in(&env, "site-a", &["--storage-nodes", "2", "--workers", "1"]);
-    let b = Up::start_in(
-        &env,
-        "site-b",
-        &[
-            "--storage-nodes",
-            "2",
-            "--workers",
-            "1",
-            "--replica-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let b = site_b(&env, 2, false);
     let img = env.path("disk.raw");
     raw_image(&img, 32 * MIB, &[(0, noise(20 * MIB as usize, 1))]);
     let v1 = env.path("v1.raw");
@@ -249,19 +256,7 @@ fn the_second_site_restores_everything_alone_and_gets_only_new_chunks() {
 fn a_killed_replication_resumes_without_resending_and_auto_follows_backups() {
     let env = Env::new();
     let a = Up::start_in(&env, "site-a", &["--storage-nodes", "1", "--workers", "1"]);
-    let b = Up::start_in(
-        &env,
-        "site-b",
-        &[
-            "--storage-nodes",
-            "1",
-            "--workers",
-            "1",
-            "--replica-listen",
-            "127.0.0.1:0",
-            "--replica-insecure",
-        ],
-    );
+    let b = site_b(&env, 1, true);
     let img = env.path("disk.raw");
     raw_image(&img, 24 * MIB, &[(0, noise(24 * MIB as usize, 3))]);
     env.json(&a.args(&["backup", "--image", &img.to_string_lossy(), "--vm", "vm1"]));
@@ -365,18 +360,7 @@ fn a_killed_replication_resumes_without_resending_and_auto_follows_backups() {
 #[test]
 fn a_wrong_token_or_certificate_is_refused_and_nothing_is_written() {
     let env = Env::new();
-    let b = Up::start_in(
-        &env,
-        "site-b",
-        &[
-            "--storage-nodes",
-            "1",
-            "--workers",
-            "1",
-            "--replica-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let b = site_b(&env, 1, false);
     let info = replica_info(&b);
     // The sender is an embedded repository this time.
     let img = env.path("disk.raw");
@@ -489,19 +473,7 @@ fn a_wrong_token_or_certificate_is_refused_and_nothing_is_written() {
 #[test]
 fn each_site_prunes_by_its_own_policy() {
     let env = Env::new();
-    let b = Up::start_in(
-        &env,
-        "site-b",
-        &[
-            "--storage-nodes",
-            "1",
-            "--workers",
-            "1",
-            "--replica-listen",
-            "127.0.0.1:0",
-            "--replica-insecure",
-        ],
-    );
+    let b = site_b(&env, 1, true);
     let info = replica_info(&b);
     let img = env.path("disk.raw");
     let mut versions = Vec::new();
