@@ -278,13 +278,13 @@ mod tests {
 
     #[test]
     fn trust_must_be_given_once_and_insecure_only_on_loopback() {
-        assert!(remote("https://10.0.0.1:7300").validate().is_ok());
-        let mut r = remote("https://10.0.0.1:7300");
+        assert!(remote("https://dr.example.net:7300").validate().is_ok());
+        let mut r = remote("https://dr.example.net:7300");
         r.fingerprint = None;
         let e = r.validate().unwrap_err().to_string();
         assert!(e.contains("--fingerprint SHA256 or --ca FILE"), "{e}");
         r.insecure = true;
-        r.url = "http://10.0.0.1:7300".into();
+        r.url = "http://dr.example.net:7300".into();
         let e = r.validate().unwrap_err().to_string();
         assert!(e.contains("loopback tests only"), "{e}");
         r.url = "http://127.0.0.1:7300".into();
@@ -293,7 +293,7 @@ mod tests {
         assert!(r.validate().is_ok());
         r.ca_pem = Some("x".into());
         assert!(r.validate().is_err());
-        let e = remote("http://10.0.0.1:7300").validate().unwrap_err();
+        let e = remote("http://dr.example.net:7300").validate().unwrap_err();
         assert!(e.to_string().contains("https://"), "{e}");
     }
 
