@@ -365,6 +365,8 @@ impl CoordinatorRpc for CoordinatorService {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
         let mut view = self.c.status();
         super::probe::storage_nodes(&self.c.cluster, &mut view.members).await;
-        Ok(Response::new(view.into()))
+        let mut answer: pb::StatusResponse = view.into();
+        answer.raft = Some(self.c.raft.status().into());
+        Ok(Response::new(answer))
     }
 }

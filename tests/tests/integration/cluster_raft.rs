@@ -29,6 +29,14 @@ fn cluster_of_three_coordinators_survives_a_killed_leader() {
     let st = status(&env, &up);
     let leader = st["leader"].as_str().expect("a leader").to_string();
     assert!(leader.starts_with("coordinator-"), "{st}");
+    let coordinators = st["coordinators"].as_array().expect("coordinators");
+    assert_eq!(coordinators.len(), 3, "{st}");
+    assert!(st["term"].as_u64().is_some_and(|t| t >= 1), "{st}");
+    assert_eq!(
+        coordinators.iter().filter(|c| c["leader"] == true).count(),
+        1,
+        "{st}"
+    );
 
     let web = image(&env, "web", 1);
     let app = image(&env, "app", 2);
@@ -69,4 +77,16 @@ fn cluster_of_three_coordinators_survives_a_killed_leader() {
     restores_to(&env, &up, "db", "db", &db);
     let list = env.json(&up.args(&["snapshots"]));
     assert_eq!(list.as_array().expect("list").len(), 3, "{list}");
+    // The two members left hold the whole log (the dead one's position stays behind).
+    wait_for("the follower to catch up", Duration::from_secs(10), || {
+        let st = status(&env, &up);
+        let logs: Vec<Option<u64>> = st["coordinators"]
+            .as_array()
+            .expect("coordinators")
+            .iter()
+            .map(|c| c["log"].as_u64())
+            .collect();
+        let top = logs.iter().flatten().max().copied();
+        logs.iter().filter(|l| **l == top && top.is_some()).count() >= 2
+    });
 }
