@@ -126,6 +126,28 @@ pub fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
 }
 
 impl Cluster {
+    /// After an answer `s` from a coordinator that is not the leader (`bora-leader`),
+    /// connects to the leader it names; true if the call should be made again there.
+    pub async fn follow_leader(&mut self, s: &tonic::Status) -> bool {
+        let Some(url) = leader_url(s) else {
+            return false;
+        };
+        if url == self.url {
+            return false;
+        }
+        match dial(&url).await {
+            Ok(c) => {
+                tracing::info!(from = %self.url, to = %url, "following the coordinators' leader");
+                *self = c;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(leader = %url, error = %format!("{e:#}"), "cannot reach the leader");
+                false
+            }
+        }
+    }
+
     /// The storage nodes, as the coordinator knows them.
     pub async fn membership(&mut self) -> Result<(Membership, BTreeMap<NodeId, String>)> {
         let (m, addrs, _) = self.membership_of_cluster().await?;
