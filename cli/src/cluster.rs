@@ -26,32 +26,98 @@ pub struct Cluster {
     pub client: CoordinatorClient<Channel>,
 }
 
-/// Connects to the first reachable coordinator of `urls` (comma-separated).
+/// The metadata entry of a coordinator's UNAVAILABLE answer naming the leader
+/// (`ID@ADDR`) when it is not the leader itself.
+pub const LEADER_METADATA: &str = "bora-leader";
+
+/// How long connect waits for a leader (an election takes about a second).
+const FIND_LEADER_FOR: Duration = Duration::from_secs(15);
+
+/// Connects to the coordinators' leader: asks the coordinators of `urls`
+/// (comma-separated) in turn and follows a `bora-leader` redirect; while no leader is
+/// known (an election), waits and asks again, up to 15 s. A single coordinator is its
+/// own leader.
 pub async fn connect(urls: &str) -> Result<Cluster> {
-    let mut errors = Vec::new();
-    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let url = if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("http://{url}")
-        };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| anyhow!("--cluster {url}: {e}"))?
-            .connect_timeout(Duration::from_secs(3));
-        match endpoint.connect().await {
-            Ok(ch) => {
-                let client = CoordinatorClient::new(ch)
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE);
-                return Ok(Cluster { url, client });
-            }
-            Err(e) => errors.push(format!("{url}: {e}")),
-        }
-    }
-    if errors.is_empty() {
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(with_scheme)
+        .collect();
+    if urls.is_empty() {
         bail!("--cluster is empty: give the coordinator's URL, e.g. http://127.0.0.1:7100");
     }
-    bail!("no coordinator answers ({})", errors.join("; "))
+    let deadline = tokio::time::Instant::now() + FIND_LEADER_FOR;
+    loop {
+        let mut errors = Vec::new();
+        for url in &urls {
+            match leader_via(url).await {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no coordinator leader answers ({})", errors.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn with_scheme(url: &str) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+async fn dial(url: &str) -> Result<Cluster> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| anyhow!("--cluster {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(3));
+    let ch = endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow!("{url}: {e}"))?;
+    let client = CoordinatorClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    Ok(Cluster {
+        url: url.to_string(),
+        client,
+    })
+}
+
+/// The leader as coordinator `url` knows it: `url` itself when it answers a linearizable
+/// read (the storage membership), else the coordinator its `bora-leader` names.
+async fn leader_via(url: &str) -> Result<Cluster> {
+    let mut c = dial(url).await?;
+    match c.client.membership(MembershipRequest {}).await {
+        Ok(_) => Ok(c),
+        Err(s) => match leader_url(&s) {
+            Some(leader) if leader != url => {
+                let mut l = dial(&leader).await?;
+                l.client
+                    .membership(MembershipRequest {})
+                    .await
+                    .map_err(|s| anyhow!("{leader} (the leader {url} named): {}", s.message()))?;
+                Ok(l)
+            }
+            _ if s.code() == tonic::Code::Unavailable => Err(anyhow!("{url}: {}", s.message())),
+            // Any other answer comes from a coordinator that serves requests.
+            _ => Ok(c),
+        },
+    }
+}
+
+/// The leader's URL in a not-the-leader answer.
+pub fn leader_url(s: &tonic::Status) -> Option<String> {
+    if s.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let v = s.metadata().get(LEADER_METADATA)?.to_str().ok()?;
+    let (_, addr) = v.split_once('@')?;
+    Some(with_scheme(addr))
 }
 
 /// A status error as one line.
@@ -60,6 +126,28 @@ pub fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
 }
 
 impl Cluster {
+    /// After an answer `s` from a coordinator that is not the leader (`bora-leader`),
+    /// connects to the leader it names; true if the call should be made again there.
+    pub async fn follow_leader(&mut self, s: &tonic::Status) -> bool {
+        let Some(url) = leader_url(s) else {
+            return false;
+        };
+        if url == self.url {
+            return false;
+        }
+        match dial(&url).await {
+            Ok(c) => {
+                tracing::info!(from = %self.url, to = %url, "following the coordinators' leader");
+                *self = c;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(leader = %url, error = %format!("{e:#}"), "cannot reach the leader");
+                false
+            }
+        }
+    }
+
     /// The storage nodes, as the coordinator knows them.
     pub async fn membership(&mut self) -> Result<(Membership, BTreeMap<NodeId, String>)> {
         let (m, addrs, _) = self.membership_of_cluster().await?;

@@ -15,11 +15,14 @@
 //! addr = "10.0.0.11:7200"
 //! ```
 //!
-//! `storage-nodes` seed the storage membership on the coordinator's first start only: the
-//! membership is then saved in `data-dir` (`membership.json`) and changed through the
-//! `AddStorageNode` / `RemoveStorageNode` RPCs, and the saved membership wins over this
-//! list on every later start (edit the membership through the RPCs, not here).
-//! `replicas`, when set, applies on every start.
+//! `storage-nodes` (and `replicas`) seed the storage membership on a cluster's first start
+//! only: the membership then lives in the replicated catalog (`data-dir/raft`) and is
+//! changed through the `AddStorageNode` / `RemoveStorageNode` RPCs (edit it through the
+//! RPCs, not here). A `membership.json` left by an older single coordinator seeds it
+//! instead of this list.
+//!
+//! `[raft]` (optional) names this coordinator's member id and every member's address;
+//! without it the coordinator is a replicated cluster of one.
 
 use std::path::{Path, PathBuf};
 
@@ -44,9 +47,9 @@ pub struct CoordinatorConfig {
     /// Where to serve gRPC: `HOST:PORT` (only this address is bound). Port 0 picks a free
     /// port; `BoundCoordinator::local_addr` tells which.
     pub listen: String,
-    /// The coordinator's state: the snapshot catalog (`snapshots/`), the storage
-    /// membership (`membership.json`) and the lease epoch (`epoch.json`). Created if
-    /// missing.
+    /// The coordinator's state: the replicated catalog (`raft/`: snapshot records, hosts,
+    /// storage membership) and the lease epoch (`epoch.json`). Created if missing.
+    /// `snapshots/`, `hosts/` and `membership.json` of older versions are imported once.
     pub data_dir: PathBuf,
     /// The cluster's name (default none). A storage node whose config names another
     /// cluster is not taken for a member, even at a member's address (a port reused after
@@ -82,6 +85,75 @@ pub struct CoordinatorConfig {
     /// (default: off); see [`crate::replica_config`].
     #[serde(default)]
     pub replica: Option<crate::replica_config::ReplicaListenConfig>,
+    /// The replicated catalog's cluster of coordinators (default: none, this coordinator
+    /// is a Raft cluster of one, its member address the bound `listen` address).
+    #[serde(default)]
+    pub raft: Option<RaftSection>,
+}
+
+/// `[raft]`: this coordinator's member id and every member's address. Each member serves
+/// the `Raft` service on its own `listen` address, which must be its entry in `members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RaftSection {
+    /// This member's id (a positive integer, never reused for another data dir).
+    pub id: u64,
+    /// Member id (as a string key: TOML keys are strings) → `HOST:PORT` of its coordinator.
+    pub members: std::collections::BTreeMap<String, String>,
+    /// Leader heartbeat interval, ms (default 100).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A follower that heard no leader for a random time in this range starts an
+    /// election, ms (defaults 500 and 1000).
+    #[serde(default = "default_election_min_ms")]
+    pub election_min_ms: u64,
+    #[serde(default = "default_election_max_ms")]
+    pub election_max_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+
+fn default_election_min_ms() -> u64 {
+    500
+}
+
+fn default_election_max_ms() -> u64 {
+    1000
+}
+
+impl RaftSection {
+    /// The members with their ids parsed.
+    pub fn member_map(&self) -> Result<std::collections::BTreeMap<u64, String>, String> {
+        self.members
+            .iter()
+            .map(|(id, addr)| {
+                let id: u64 =
+                    id.parse().ok().filter(|i| *i > 0).ok_or_else(|| {
+                        format!("raft member id {id:?} is not a positive integer")
+                    })?;
+                check_host_port(&format!("raft member {id} address"), addr)?;
+                Ok((id, addr.clone()))
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let members = self.member_map()?;
+        if !members.contains_key(&self.id) {
+            return Err(format!("raft id {} is not among raft members", self.id));
+        }
+        if self.heartbeat_ms == 0 || self.election_min_ms <= self.heartbeat_ms {
+            return Err(
+                "raft election-min-ms must be above heartbeat-ms (and both above 0)".into(),
+            );
+        }
+        if self.election_max_ms <= self.election_min_ms {
+            return Err("raft election-max-ms must be above election-min-ms".into());
+        }
+        Ok(())
+    }
 }
 
 /// One storage node of the config file.
@@ -136,6 +208,7 @@ impl CoordinatorConfig {
             storage_nodes: Vec::new(),
             cluster: None,
             replica: None,
+            raft: None,
         }
     }
 
@@ -188,6 +261,9 @@ impl CoordinatorConfig {
             }
         }
         if let Some(r) = &self.replica {
+            r.validate()?;
+        }
+        if let Some(r) = &self.raft {
             r.validate()?;
         }
         Ok(())
@@ -298,6 +374,14 @@ addr = "http://localhost:7202"
                 "listen = \"h:1\"\n[[storage-nodes]]\nid = \"a/b\"\naddr = \"h:1\"\n",
                 "storage node",
             ),
+            (
+                "listen = \"h:1\"\n[raft]\nid = 2\nmembers = { 1 = \"h:1\" }\n",
+                "not among raft members",
+            ),
+            (
+                "listen = \"h:1\"\n[raft]\nid = 1\nmembers = { x = \"h:1\" }\n",
+                "positive integer",
+            ),
         ] {
             let (_d, path) = write(&format!("{base}{extra}"));
             let e = CoordinatorConfig::load(&path).unwrap_err().to_string();
@@ -322,5 +406,8 @@ mod deploy_example {
         assert_eq!(c.storage_nodes.len(), 3);
         assert_eq!(c.per_host_limit, Some(4));
         assert!(c.replica.is_some_and(|r| r.tls_cert.is_some()));
+        let raft = c.raft.expect("[raft] in the deploy example");
+        assert_eq!(raft.id, 1);
+        assert_eq!(raft.member_map().unwrap().len(), 3);
     }
 }

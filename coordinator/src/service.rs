@@ -9,8 +9,16 @@
 //!                            └──────── StoreFactory(membership) ──────► storage nodes
 //! ```
 //!
-//! - **Jobs live in memory.** A job's id is the id of the snapshot it commits. After a
-//!   restart every committed snapshot is in the catalog (`data-dir/snapshots`) and
+//! - **The catalog is replicated** (`crate::raft`, store in `data-dir/raft`): snapshot
+//!   records, registered hosts and the storage membership. Writes are proposals, reads
+//!   are linearizable; a coordinator that is not the leader answers UNAVAILABLE with the
+//!   leader in a `bora-leader` metadata entry. Without `[raft]` in the config the
+//!   coordinator is a cluster of one. The `Raft` service is served on the same listener.
+//!   On a cluster's first start the leader imports its data dir's files once (see
+//!   `replicated`).
+//! - **Jobs live in the leader's memory** (this step: the next one replicates them). A
+//!   job's id is the id of the snapshot it commits. After a restart, or a leader change,
+//!   every committed snapshot is in the catalog and
 //!   `WaitJob` for a job whose snapshot is there answers COMMITTED with it; for any other
 //!   job this coordinator does not know it answers NOT_FOUND: "job X is unknown to this
 //!   coordinator (it may have restarted); nothing was committed for it". Workers still
@@ -26,8 +34,12 @@
 //!   backups, deduplication makes them cheap), stores it through the chunk store the
 //!   [`StoreFactory`] builds for the current membership, and commits the snapshot record
 //!   with the VM's latest snapshot as parent. One VM has at most one running job.
-//! - **Membership** is saved in `data-dir/membership.json` on every change; the config
-//!   only seeds it (see [`crate::config`]).
+//! - **Membership** is in the replicated catalog; `membership.json` and the config's
+//!   `storage-nodes` only seed a new cluster (see [`crate::config`]).
+//! - **A leader change fails running jobs cleanly**: the old leader's commit proposals
+//!   answer `NotLeader`, so its jobs end FAILED ("commit failed, nothing was committed");
+//!   the new leader does not know them (WaitJob: NOT_FOUND unless committed). Clients
+//!   run the backup again.
 //!
 //! Only `config.listen` is bound. The data directory is locked (`data-dir/lock`) while the
 //! coordinator runs.
@@ -40,6 +52,7 @@ mod jobs;
 mod leases;
 mod live_jobs;
 mod probe;
+mod replicated;
 mod state;
 mod storage;
 mod wire;
@@ -60,16 +73,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::info;
+use tracing::{info, warn};
 
-pub use error::{RequestError, ServiceError, to_status};
+pub use error::{LEADER_METADATA, RequestError, ServiceError, to_status};
 pub use storage::StoreFactory;
 
-use crate::catalog::Catalog;
 use crate::config::CoordinatorConfig;
-use crate::inventory::Inventory;
 use crate::lease::{JobCommit, LeaseConfig, LeaseTable};
 use crate::live::LiveVms;
+use crate::raft::network::grpc::RaftService;
 use epoch::Epoch;
 use state::{Clock, Coordinator, Core};
 
@@ -82,6 +94,7 @@ pub struct BoundCoordinator {
     lock: File,
     /// Services the process adds beside the coordinator's (e.g. `Remotes`).
     extra: tonic::service::Routes,
+    config: CoordinatorConfig,
 }
 
 /// Opens the coordinator's state in `config.data_dir` (catalog, membership, epoch) and
@@ -97,10 +110,7 @@ pub async fn bind(
         source,
     })?;
     let lock = lock_data_dir(dir)?;
-    let catalog = Catalog::open(dir)?;
-    let inventory = Inventory::open(dir)?;
     let epoch = Epoch::next(dir)?;
-    let storage = storage::Storage::open(config, stores)?;
     let listener =
         TcpListener::bind(&config.listen)
             .await
@@ -112,6 +122,15 @@ pub async fn bind(
         addr: config.listen.clone(),
         source,
     })?;
+    let raft = replicated::open(config, addr).await?;
+    if config.raft.is_none() {
+        // A cluster of one: it leads within a few hundred ms; import before serving, so
+        // the first request already sees the data dir's records.
+        if replicated::wait_leader(&raft, std::time::Duration::from_secs(10)).await {
+            replicated::import(&raft, config).await?;
+        }
+    }
+    let storage = storage::Storage::new(raft.clone(), stores);
     let (commits_tx, commits) = mpsc::unbounded_channel();
     let table = LeaseTable::new(LeaseConfig {
         lease_ms: config.lease_ms,
@@ -134,10 +153,8 @@ pub async fn bind(
             next_seq: 0,
             preparing: HashSet::new(),
         }),
-        catalog: Arc::new(catalog),
-        inventory: Arc::new(inventory),
+        raft,
         live: OnceLock::new(),
-        commit_lock: tokio::sync::Mutex::new(()),
         storage,
         expiry: Notify::new(),
         work: Notify::new(),
@@ -151,6 +168,7 @@ pub async fn bind(
         commits,
         lock,
         extra: tonic::service::Routes::default(),
+        config: config.clone(),
     })
 }
 
@@ -187,10 +205,13 @@ impl BoundCoordinator {
             mut commits,
             lock,
             extra,
+            config,
         } = self;
         info!(id = %c.id, addr = %addr, epoch = ?c.epoch, "coordinator serving");
         let mut stopped = c.stopping.subscribe();
-        let routes = extra.add_service(grpc::CoordinatorService::server(c.clone()));
+        let routes = extra
+            .add_service(grpc::CoordinatorService::server(c.clone()))
+            .add_service(RaftService::server(c.raft.raft().clone()));
         let server = tonic::transport::Server::builder()
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -209,15 +230,37 @@ impl BoundCoordinator {
             }
             c.stopping.send_replace(true);
         };
-        let (served, (), (), ()) = tokio::join!(
+        let (served, (), (), (), ()) = tokio::join!(
             served,
             watcher,
             c.clone().run_expiry(),
-            run_commits(c.clone(), &mut commits)
+            run_commits(c.clone(), &mut commits),
+            run_import(c.clone(), config)
         );
+        if let Err(e) = c.raft.shutdown().await {
+            warn!(error = %e, "stopping the raft member");
+        }
         drop(lock);
         info!(id = %c.id, "coordinator stopped");
         served.map_err(|source| ServiceError::Serve { addr, source })
+    }
+}
+
+/// Imports the data dir's records (see `replicated`) once this member leads, if nothing
+/// was imported yet; ends when the coordinator stops.
+async fn run_import(c: Arc<Coordinator>, config: CoordinatorConfig) {
+    let mut stopping = c.stopping.subscribe();
+    loop {
+        if c.raft.status().state == "leader" {
+            match replicated::import(&c.raft, &config).await {
+                Ok(_) => return,
+                Err(e) => warn!(error = %e, "importing the data dir; will retry"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
     }
 }
 

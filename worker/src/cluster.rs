@@ -10,7 +10,8 @@
 //!   restarted) is stopped. A range that fails is reported with `FailRange` and the error
 //!   text; the coordinator retries it, up to its attempt limit.
 //! - **Coordinators** are tried in the order given; when the current one is unreachable
-//!   the next is asked for work. Reports about a lease go to the coordinator that granted
+//!   the next is asked for work; one that is not the Raft leader answers with the
+//!   leader's address (`bora-leader`) and new work is asked from it. Reports about a lease go to the coordinator that granted
 //!   it, retried for a minute while it is unreachable.
 //! - **Sources**: an NBD URL (`nbd://`, `nbd+unix://`) or an absolute image path (raw read
 //!   directly, qcow2 through qemu-nbd, as the embedded mode), opened once per job and disk
@@ -288,7 +289,9 @@ async fn lease_loop(ctx: Arc<Context>) -> Result<(), ClusterError> {
             Ok(None) => {}
             Err(s) if unreachable(&s) => {
                 debug!(coordinator = %ctx.coordinators.addr(c), error = %s, "no answer to a lease request");
-                ctx.coordinators.unreachable(c);
+                if !ctx.coordinators.follow_leader(c, &s) {
+                    ctx.coordinators.unreachable(c);
+                }
             }
             Err(s) if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied) => {
                 return Err(ClusterError::Refused {

@@ -63,8 +63,29 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
             })
         })
         .collect();
+    // Each coordinator of the replicated catalog with its log position: the leader's own
+    // last entry, the others' as the leader knows them (matched).
+    let raft = s.raft.clone().unwrap_or_default();
+    let coordinators: Vec<_> = raft
+        .members
+        .iter()
+        .map(|m| {
+            let log = if m.id == raft.id {
+                raft.last_log
+            } else {
+                m.matched
+            };
+            serde_json::json!({
+                "raft_id": m.id, "addr": m.addr, "voter": m.voter,
+                "leader": raft.leader == Some(m.id), "log": log,
+            })
+        })
+        .collect();
     let doc = serde_json::json!({
         "leader": s.id,
+        "term": raft.term,
+        "applied": raft.applied,
+        "coordinators": coordinators,
         "members": members,
         "ring": {"replicas": s.replicas, "copies": membership.copies(), "nodes": ring},
         "jobs": s.jobs.iter().map(|j| serde_json::json!({
@@ -75,7 +96,24 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
     if json {
         return output::json(&doc);
     }
-    println!("coordinator {} (leader) at {}", s.id, c.url);
+    println!(
+        "coordinator {} (leader, raft term {}) at {}",
+        s.id, raft.term, c.url
+    );
+    for m in &raft.members {
+        let log = if m.id == raft.id {
+            raft.last_log
+        } else {
+            m.matched
+        };
+        println!(
+            "  raft member {:<3} {:<22} {:<8} log {}",
+            m.id,
+            m.addr,
+            if m.voter { "voter" } else { "learner" },
+            log.map_or_else(|| "?".to_string(), |l| l.to_string())
+        );
+    }
     for m in &s.members {
         let extra = match m.role.as_str() {
             "storage-node" => format!("{} chunks", m.chunks),

@@ -2,7 +2,9 @@
 //! workers, each its own child process (`bora storage-node|coordinator|worker --config`) so
 //! a member can fail alone. Writes each member's config under `--data DIR/<member>/`,
 //! starts them in dependency order, waits for each to say it is listening, prints
-//! `ready <coordinator-url>` and runs until SIGINT/SIGTERM, then stops every child.
+//! `ready <coordinator-url>[,<url>...]` (every coordinator with `--coordinators N`: each
+//! gets a `[raft]` section naming all of them) and runs until SIGINT/SIGTERM, then stops
+//! every child.
 //!
 //! Ports are fixed in the config files before the members start (with `--listen
 //! HOST:0`, free ones are picked first), so a member restarted by hand from its config file
@@ -38,11 +40,23 @@ struct Member {
 
 /// Where the cluster's members listen.
 struct Plan {
-    coordinator: SocketAddr,
+    /// The first coordinator (`--listen`); the others follow the storage nodes' ports.
+    coordinators: Vec<SocketAddr>,
     storage: Vec<SocketAddr>,
 }
 
-fn plan(listen: &str, storage_nodes: usize) -> Result<Plan> {
+impl Plan {
+    /// Every coordinator's URL, comma-separated (what `--cluster` takes).
+    fn urls(&self) -> String {
+        self.coordinators
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn plan(listen: &str, storage_nodes: usize, coordinators: usize) -> Result<Plan> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| anyhow!("--listen {listen}: expected IP:PORT, e.g. 127.0.0.1:0"))?;
@@ -61,12 +75,14 @@ fn plan(listen: &str, storage_nodes: usize) -> Result<Plan> {
             Ok(SocketAddr::new(ip, port))
         }
     };
-    let coordinator = pick(0)?;
-    let storage = (1..=storage_nodes)
-        .map(|i| pick(u16::try_from(i).unwrap_or(u16::MAX)))
-        .collect::<Result<_>>()?;
+    let port_of = |i: usize| pick(u16::try_from(i).unwrap_or(u16::MAX));
+    let storage = (1..=storage_nodes).map(port_of).collect::<Result<_>>()?;
+    let mut all = vec![pick(0)?];
+    for i in 1..coordinators {
+        all.push(port_of(storage_nodes + i)?);
+    }
     Ok(Plan {
-        coordinator,
+        coordinators: all,
         storage,
     })
 }
@@ -172,10 +188,9 @@ async fn stop_all(members: &mut [Member]) {
 }
 
 pub async fn run(args: UpArgs, json: bool) -> Result<()> {
-    if args.coordinators != 1 {
+    if args.coordinators == 0 || args.coordinators > 7 {
         bail!(
-            "--coordinators {}: a cluster has exactly one coordinator until coordinator \
-             replication (Raft) lands; use --coordinators 1",
+            "--coordinators {}: between 1 and 7 (3 survives one down, 5 two)",
             args.coordinators
         );
     }
@@ -200,12 +215,14 @@ pub async fn run(args: UpArgs, json: bool) -> Result<()> {
             data.display()
         );
     }
-    let plan = plan(&args.listen, args.storage_nodes)?;
-    if !plan.coordinator.ip().is_loopback() {
+    let plan = plan(&args.listen, args.storage_nodes, args.coordinators)?;
+    if let Some(first) = plan.coordinators.first()
+        && !first.ip().is_loopback()
+    {
         eprintln!(
             "warning: the cluster listens on {}, reachable from other machines; its gRPC \
              has no authentication yet",
-            plan.coordinator.ip()
+            first.ip()
         );
     }
 
@@ -215,7 +232,7 @@ pub async fn run(args: UpArgs, json: bool) -> Result<()> {
         stop_all(&mut members).await;
         return Err(e);
     }
-    let url = format!("http://{}", plan.coordinator);
+    let url = plan.urls();
     if json {
         crate::output::json(&serde_json::json!({
             "ready": url,
@@ -290,26 +307,55 @@ async fn start_members(
             args.replica_insecure,
         )?);
     }
-    let cid = "coordinator-1";
-    let cdir = data.join(cid);
     let lease_ms = args.lease_ms;
     let range_bytes = args.range_bytes;
     let per_host = args
         .per_host_limit
         .map(|n| format!("per-host-limit = {n}\n"))
         .unwrap_or_default();
-    let config = write_config(
-        &cdir,
-        &format!(
-            "# bora coordinator (written by `bora up`)\nid = {}\ncluster = {}\nlisten = {}\ndata-dir = {}\n\
-             replicas = {replicas}\nlease-ms = {lease_ms}\nrange-bytes = {range_bytes}\n{per_host}{nodes}",
-            toml_str(cid),
-            toml_str(cluster),
-            toml_str(&plan.coordinator.to_string()),
-            path_str(&cdir.join("data")),
-        ),
-    )?;
-    members.push(start("coordinator", cid, &cdir, &config).await?);
+    // Several coordinators: each gets a [raft] section naming all of them (member ids
+    // 1..=N in --listen order); member 1 makes the new cluster.
+    let raft_members = plan
+        .coordinators
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{} = {}", i + 1, toml_str(&a.to_string())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (i, addr) in plan.coordinators.iter().enumerate() {
+        let cid = format!("coordinator-{}", i + 1);
+        let cdir = data.join(&cid);
+        let raft = if plan.coordinators.len() > 1 {
+            format!("\n[raft]\nid = {}\nmembers = {{ {raft_members} }}\n", i + 1)
+        } else {
+            String::new()
+        };
+        // The second-site listener (in `nodes`) belongs to the first coordinator only.
+        let tables = if i == 0 {
+            nodes.clone()
+        } else {
+            nodes
+                .split("\n[replica]")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let config = write_config(
+            &cdir,
+            &format!(
+                "# bora coordinator (written by `bora up`)\nid = {}\ncluster = {}\nlisten = {}\ndata-dir = {}\n\
+                 replicas = {replicas}\nlease-ms = {lease_ms}\nrange-bytes = {range_bytes}\n{per_host}{tables}{raft}",
+                toml_str(&cid),
+                toml_str(cluster),
+                toml_str(&addr.to_string()),
+                path_str(&cdir.join("data")),
+            ),
+        )?;
+        members.push(start("coordinator", &cid, &cdir, &config).await?);
+    }
+    if plan.coordinators.len() > 1 {
+        wait_for_leader(&plan.urls()).await?;
+    }
     for i in 1..=args.workers {
         let id = format!("worker-{i}");
         let dir = data.join(&id);
@@ -323,13 +369,37 @@ async fn start_members(
                 "# bora worker (written by `bora up`)\nid = {}\ncoordinators = [{}]\n\
                  scratch-dir = {}\n{limit}",
                 toml_str(&id),
-                toml_str(&plan.coordinator.to_string()),
+                plan.coordinators
+                    .iter()
+                    .map(|a| toml_str(&a.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 path_str(&dir.join("scratch")),
             ),
         )?;
         members.push(start("worker", &id, &dir, &config).await?);
     }
     Ok(())
+}
+
+/// Waits until the coordinators have a leader that has imported the storage seed (its
+/// membership lists storage nodes), so the cluster is usable once `ready` is printed.
+async fn wait_for_leader(urls: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let last = match crate::cluster::connect(urls).await {
+            Ok(mut c) => match c.membership().await {
+                Ok((m, _)) if !m.is_empty() => return Ok(()),
+                Ok(_) => "the leader has no storage nodes yet".to_string(),
+                Err(e) => format!("{e:#}"),
+            },
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the coordinators elected no usable leader within {START_TIMEOUT:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `$XDG_DATA_HOME/bora-cluster` (next to the embedded repository).

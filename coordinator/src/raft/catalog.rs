@@ -204,6 +204,17 @@ impl RaftCatalog {
         RaftCatalogError::NotLeader { leader }
     }
 
+    /// `Ok` if this member believes it leads (no quorum round: for routing requests
+    /// that then propose or read linearizably anyway), else `NotLeader` with the leader
+    /// it knows.
+    pub fn ensure_leading(&self) -> Result<(), RaftCatalogError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.id) && m.state == ServerState::Leader {
+            return Ok(());
+        }
+        Err(self.locate_leader(RaftCatalogError::NotLeader { leader: None }))
+    }
+
     /// Reads this member's applied state as it is: possibly behind the leader.
     pub fn read_local<T>(&self, f: impl FnOnce(&CatalogState) -> T) -> T {
         f(&self.state.read().state)

@@ -24,6 +24,9 @@ pub enum Command {
     /// Commits a snapshot record (the `CommitSnapshot` RPC of the embedded mode's pushes).
     /// Refused if the id exists.
     CommitSnapshot { meta: SnapshotMeta, parent: Parent },
+    /// Forgets snapshot records `ids` of `vm` (`bora prune`); ids that are not there (or
+    /// are another VM's) are skipped. Their chunks stay until garbage collection.
+    ForgetSnapshots { vm: String, ids: Vec<String> },
     /// Adds a storage node, or changes a member's address.
     AddStorageNode { id: String, addr: String },
     /// Removes a storage node. Refused if it is not a member.
@@ -142,6 +145,10 @@ pub enum Applied {
     /// A snapshot record was committed (as stored: with its parent).
     Snapshot {
         meta: SnapshotMeta,
+    },
+    /// Snapshot records forgotten (the ids that were there).
+    Forgotten {
+        ids: Vec<String>,
     },
     Storage {
         view: StorageView,

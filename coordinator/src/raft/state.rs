@@ -173,6 +173,26 @@ impl CatalogState {
                 let meta = self.commit_snapshot(meta, *parent, touched)?;
                 Ok(Applied::Snapshot { meta })
             }
+            Command::ForgetSnapshots { vm, ids } => {
+                let mut gone = Vec::new();
+                if let Some(snaps) = self.snapshots.get_mut(vm) {
+                    snaps.retain(|s| {
+                        let forget = ids.iter().any(|i| i == s.meta.id.as_str());
+                        if forget {
+                            gone.push(s.meta.id.to_string());
+                        }
+                        !forget
+                    });
+                    if snaps.is_empty() {
+                        self.snapshots.remove(vm);
+                    }
+                }
+                touched.extend(gone.iter().map(|id| Key::Snapshot {
+                    vm: vm.clone(),
+                    id: id.clone(),
+                }));
+                Ok(Applied::Forgotten { ids: gone })
+            }
             Command::AddStorageNode { id, addr } => {
                 crate::config::check_node(id, addr).map_err(invalid)?;
                 if self.storage.nodes.get(id) != Some(addr) {

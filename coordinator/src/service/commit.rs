@@ -4,9 +4,11 @@
 //! latest snapshot as its parent. A full read reports every chunk; an incremental reports
 //! the changed ones, laid over the parent's index loaded when the job started.
 //!
-//! The catalog is written in one place, [`Coordinator::commit_record`], for job commits
-//! and for the `CommitSnapshot` RPC alike; catalog reads go through here too, off the
-//! async workers.
+//! The catalog is the replicated one (`crate::raft`): it is written in one place,
+//! [`Coordinator::commit_record`], for job commits and for the `CommitSnapshot` RPC alike
+//! (and forgotten from by `ForgetSnapshots`); reads go through here too, linearizably.
+//! A job whose commit is proposed after this coordinator lost the leadership fails
+//! cleanly ("commit failed, nothing was committed": the proposal answers `NotLeader`).
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use super::state::Coordinator;
 use crate::backup::{BackupError, DiskOutcome, finish_disk};
 use crate::catalog::CatalogError;
 use crate::lease::JobCommit;
+use crate::raft::command::{Applied, Command, Parent};
 
 /// Why a job's commit failed. Nothing is committed when this happens.
 #[derive(Debug, thiserror::Error)]
@@ -30,16 +33,6 @@ enum CommitError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Disk(#[from] BackupError),
-}
-
-/// Runs a catalog call on the blocking pool.
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
-) -> Result<T, RequestError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| RequestError::Internal(format!("catalog task: {e}")))?
-        .map_err(RequestError::from)
 }
 
 impl Coordinator {
@@ -118,14 +111,17 @@ impl Coordinator {
                 disks.push(snap);
             }
             let meta = self
-                .commit_record(&vm, |parent| SnapshotMeta {
-                    format: SNAPSHOT_FORMAT_VERSION,
-                    id,
-                    vm: vm.clone(),
-                    time: now_rfc3339(),
-                    parent,
-                    disks,
-                })
+                .commit_record(
+                    SnapshotMeta {
+                        format: SNAPSHOT_FORMAT_VERSION,
+                        id,
+                        vm: vm.clone(),
+                        time: now_rfc3339(),
+                        parent: None,
+                        disks,
+                    },
+                    Parent::Latest,
+                )
                 .await?;
             info!(parent = ?meta.parent.as_ref().map(SnapshotId::as_str), "snapshot committed");
             serde_json::to_string(&meta).map_err(|e| {
@@ -136,49 +132,84 @@ impl Coordinator {
         .await
     }
 
-    /// Commits a snapshot record made by `make` from the VM's latest snapshot (its
-    /// parent), one commit at a time. The only catalog write.
+    /// Commits a snapshot record: a proposal to the replicated catalog. With
+    /// [`Parent::Latest`] the record's parent becomes the VM's newest snapshot as the
+    /// command is applied (log order replaces the old commit lock). The only catalog
+    /// write besides [`Self::catalog_forget`].
     pub(super) async fn commit_record(
         &self,
-        vm: &str,
-        make: impl FnOnce(Option<SnapshotId>) -> SnapshotMeta,
+        meta: SnapshotMeta,
+        parent: Parent,
     ) -> Result<SnapshotMeta, RequestError> {
-        let _one_at_a_time = self.commit_lock.lock().await;
-        let (catalog, v) = (self.catalog.clone(), vm.to_string());
-        let parent = blocking(move || catalog.latest(&v)).await?.map(|m| m.id);
-        let meta = make(parent);
-        let (catalog, m) = (self.catalog.clone(), meta.clone());
-        blocking(move || catalog.commit(&m)).await?;
-        Ok(meta)
+        match self
+            .raft
+            .propose(Command::CommitSnapshot { meta, parent })
+            .await?
+        {
+            Applied::Snapshot { meta } => Ok(meta),
+            other => Err(RequestError::Internal(format!(
+                "a snapshot commit was applied as {other:?}"
+            ))),
+        }
     }
 
-    /// Forgets snapshots `ids` of `vm`, between commits.
+    /// Forgets snapshots `ids` of `vm`: a proposal. Returns the ids that were there.
     pub(super) async fn catalog_forget(
         &self,
         vm: String,
         ids: Vec<SnapshotId>,
     ) -> Result<Vec<SnapshotId>, RequestError> {
-        let _one_at_a_time = self.commit_lock.lock().await;
-        let catalog = self.catalog.clone();
-        let gone = blocking(move || catalog.forget(&vm, &ids)).await?;
+        let ids = ids.iter().map(ToString::to_string).collect();
+        let gone = match self
+            .raft
+            .propose(Command::ForgetSnapshots { vm, ids })
+            .await?
+        {
+            Applied::Forgotten { ids } => ids,
+            other => {
+                return Err(RequestError::Internal(format!(
+                    "a forget was applied as {other:?}"
+                )));
+            }
+        };
         info!(forgotten = gone.len(), "snapshots forgotten");
-        Ok(gone)
+        gone.iter()
+            .map(|i| {
+                i.parse()
+                    .map_err(|e| RequestError::Internal(format!("forgotten id {i:?}: {e}")))
+            })
+            .collect()
     }
 
+    /// Every snapshot (of `vm`), read linearizably.
     pub(super) async fn catalog_list(
         &self,
         vm: Option<String>,
     ) -> Result<Vec<SnapshotMeta>, RequestError> {
-        let catalog = self.catalog.clone();
-        blocking(move || catalog.list(vm.as_deref())).await
+        Ok(self.raft.read(|s| s.list(vm.as_deref())).await?)
     }
 
+    /// The newest snapshot of `vm`, read linearizably.
+    pub(super) async fn catalog_latest(
+        &self,
+        vm: String,
+    ) -> Result<Option<SnapshotMeta>, RequestError> {
+        Ok(self.raft.read(|s| s.latest(&vm).cloned()).await?)
+    }
+
+    /// A snapshot of `vm` by id (or `"latest"`), read linearizably.
     pub(super) async fn catalog_get(
         &self,
         vm: String,
         id: String,
     ) -> Result<SnapshotMeta, RequestError> {
-        let catalog = self.catalog.clone();
-        blocking(move || catalog.get(&vm, &id)).await
+        let found = self.raft.read(|s| s.get(&vm, &id).cloned()).await?;
+        found.ok_or_else(|| {
+            if id == "latest" {
+                CatalogError::NoSnapshots(vm).into()
+            } else {
+                CatalogError::NotFound { vm, id }.into()
+            }
+        })
     }
 }

@@ -9,6 +9,11 @@ use tonic::Status;
 
 use crate::catalog::CatalogError;
 use crate::lease::{JobId, LeaseError};
+use crate::raft::{RaftCatalogError, Refusal};
+
+/// The metadata entry of an UNAVAILABLE status naming the leader as `id@addr`, on the
+/// answers of a coordinator that is not the leader.
+pub const LEADER_METADATA: &str = "bora-leader";
 
 /// Why the coordinator cannot start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,8 @@ pub enum ServiceError {
     State { path: PathBuf, reason: String },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("replicated catalog: {0}")]
+    Raft(#[from] RaftCatalogError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -60,6 +67,10 @@ pub enum RequestError {
     Lease(#[from] LeaseError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The replicated catalog refused or could not answer (not the leader, a refusal,
+    /// no quorum in time).
+    #[error(transparent)]
+    Raft(#[from] RaftCatalogError),
     #[error("saving {path}: {source}")]
     Persist {
         path: PathBuf,
@@ -109,10 +120,51 @@ pub fn to_status(e: RequestError) -> Status {
             CatalogError::NoHost(_) => Status::not_found(msg),
             CatalogError::Io { .. } | CatalogError::BadRecord { .. } => Status::internal(msg),
         },
+        RequestError::Raft(r) => raft_status(r, msg),
         RequestError::ShuttingDown | RequestError::Unavailable(_) => Status::unavailable(msg),
         RequestError::UnknownVm(_) => Status::not_found(msg),
         RequestError::NoLiveVms | RequestError::Hypervisor(_) => Status::failed_precondition(msg),
         RequestError::Persist { .. } | RequestError::Internal(_) => Status::internal(msg),
+    }
+}
+
+/// The replicated catalog's errors: `NotLeader` is UNAVAILABLE with the leader in the
+/// [`LEADER_METADATA`] entry (when known), so a client retries there; a refusal gets the
+/// code the matching file-catalog error had.
+fn raft_status(e: RaftCatalogError, msg: String) -> Status {
+    match e {
+        RaftCatalogError::NotLeader { leader } => {
+            let mut s = Status::unavailable(msg);
+            if let Some((id, addr)) = leader
+                && let Ok(v) = format!("{id}@{addr}").parse()
+            {
+                s.metadata_mut().insert(LEADER_METADATA, v);
+            }
+            s
+        }
+        RaftCatalogError::Refused(r) => match r {
+            Refusal::DuplicateSnapshot { .. }
+            | Refusal::HostExists { .. }
+            | Refusal::DuplicateJob { .. } => Status::already_exists(msg),
+            Refusal::NoHost { .. }
+            | Refusal::UnknownNode { .. }
+            | Refusal::UnknownJob { .. }
+            | Refusal::NoSuchRange { .. } => Status::not_found(msg),
+            Refusal::Invalid { .. } => Status::invalid_argument(msg),
+            Refusal::VmBusy { .. }
+            | Refusal::JobEnded { .. }
+            | Refusal::RangeDone { .. }
+            | Refusal::RangesMissing { .. } => Status::failed_precondition(msg),
+        },
+        RaftCatalogError::Uncertain(_)
+        | RaftCatalogError::Behind { .. }
+        | RaftCatalogError::NoQuorum(_) => Status::unavailable(msg),
+        RaftCatalogError::Membership(_) | RaftCatalogError::Initialize(_) => {
+            Status::failed_precondition(msg)
+        }
+        RaftCatalogError::Config(_) | RaftCatalogError::Stopped(_) | RaftCatalogError::Store(_) => {
+            Status::internal(msg)
+        }
     }
 }
 
@@ -138,5 +190,30 @@ mod tests {
         );
         let s = to_status(RequestError::UnknownJob("j1".into()));
         assert!(s.message().contains("nothing was committed"), "{s}");
+        assert_eq!(
+            code(RequestError::Raft(RaftCatalogError::Refused(
+                Refusal::DuplicateSnapshot { id: "s".into() }
+            ))),
+            Code::AlreadyExists
+        );
+    }
+
+    #[test]
+    fn not_leader_is_unavailable_and_names_the_leader() {
+        let s = to_status(RequestError::Raft(RaftCatalogError::NotLeader {
+            leader: Some((2, "127.0.0.1:7100".into())),
+        }));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(
+            s.metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("2@127.0.0.1:7100")
+        );
+        let s = to_status(RequestError::Raft(RaftCatalogError::NotLeader {
+            leader: None,
+        }));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.metadata().get(LEADER_METADATA).is_none());
     }
 }

@@ -85,8 +85,10 @@ impl CoordinatorRpc for CoordinatorService {
     ) -> Answer<pb::CommitSnapshotResponse> {
         let r = async {
             let meta = wire::snapshot_from_json(&request.into_inner().snapshot_json)?;
-            let vm = meta.vm.clone();
-            let meta = self.c.commit_record(&vm, move |_parent| meta).await?;
+            let meta = self
+                .c
+                .commit_record(meta, crate::raft::command::Parent::AsGiven)
+                .await?;
             Ok(pb::CommitSnapshotResponse {
                 id: meta.id.to_string(),
             })
@@ -151,6 +153,7 @@ impl CoordinatorRpc for CoordinatorService {
         request: Request<pb::StartBackupRequest>,
     ) -> Answer<pb::StartBackupResponse> {
         let r = async {
+            self.c.leading()?;
             let mut req = JobRequest::try_from(request.into_inner())?;
             self.c.load_bases(&mut req).await?;
             let job = self.c.start_backup(req)?;
@@ -166,6 +169,7 @@ impl CoordinatorRpc for CoordinatorService {
         let r = request.into_inner();
         let r = async {
             check_name("vm", &r.vm).map_err(RequestError::Invalid)?;
+            self.c.leading()?;
             let job = self.c.clone().backup_vm(r.vm, r.full).await?;
             Ok(pb::StartBackupResponse { job: job.0 })
         };
@@ -230,6 +234,7 @@ impl CoordinatorRpc for CoordinatorService {
         let r = async {
             let job = wire::job_id(&r.job)?;
             let timeout = wire::wait_timeout(r.timeout_ms)?;
+            self.c.leading()?;
             self.c
                 .wait_job(&job, timeout)
                 .await
@@ -241,7 +246,10 @@ impl CoordinatorRpc for CoordinatorService {
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Answer<pb::JobStatus> {
         answer(
             wire::job_id(&request.into_inner().job)
-                .and_then(|job| self.c.cancel_job(&job))
+                .and_then(|job| {
+                    self.c.leading()?;
+                    self.c.cancel_job(&job)
+                })
                 .map(pb::JobStatus::from),
         )
     }
@@ -252,6 +260,7 @@ impl CoordinatorRpc for CoordinatorService {
         let r = async {
             let w = wire::worker_id(&r.worker)?;
             let wait = wire::lease_wait(r.wait_ms)?;
+            self.c.leading()?;
             let grant = self.c.lease_wait(&w, peer, wait).await?;
             Ok(pb::LeaseResponse {
                 lease: grant.map(pb::RangeLease::from),
@@ -305,6 +314,7 @@ impl CoordinatorRpc for CoordinatorService {
         let r = request.into_inner();
         answer(wire::worker_id(&r.worker).and_then(|w| {
             let hostname = wire::hostname(r.hostname)?;
+            self.c.leading()?;
             self.c.register_worker(&w, r.pid, hostname, peer);
             Ok(pb::RegisterWorkerResponse {
                 coordinator: self.c.id.clone(),
@@ -317,7 +327,13 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         _request: Request<pb::MembershipRequest>,
     ) -> Answer<pb::MembershipResponse> {
-        Ok(Response::new(self.membership_answer(self.c.storage.view())))
+        answer(
+            self.c
+                .storage
+                .read()
+                .await
+                .map(|v| self.membership_answer(v)),
+        )
     }
 
     async fn add_storage_node(
@@ -328,9 +344,7 @@ impl CoordinatorRpc for CoordinatorService {
         let c = self.c.clone();
         let r = async move {
             check_node(&r.id, &r.addr).map_err(RequestError::Invalid)?;
-            tokio::task::spawn_blocking(move || c.storage.add(&r.id, &r.addr))
-                .await
-                .map_err(|e| RequestError::Internal(e.to_string()))?
+            c.storage.add(&r.id, &r.addr).await
         };
         answer(r.await.map(|v| self.membership_answer(v)))
     }
@@ -343,9 +357,7 @@ impl CoordinatorRpc for CoordinatorService {
         let c = self.c.clone();
         let r = async move {
             bora_core::snapshot::check_name("storage node", &id).map_err(RequestError::Invalid)?;
-            tokio::task::spawn_blocking(move || c.storage.remove(&id))
-                .await
-                .map_err(|e| RequestError::Internal(e.to_string()))?
+            c.storage.remove(&id).await
         };
         answer(r.await.map(|v| self.membership_answer(v)))
     }
@@ -353,6 +365,8 @@ impl CoordinatorRpc for CoordinatorService {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
         let mut view = self.c.status();
         super::probe::storage_nodes(&self.c.cluster, &mut view.members).await;
-        Ok(Response::new(view.into()))
+        let mut answer: pb::StatusResponse = view.into();
+        answer.raft = Some(self.c.raft.status().into());
+        Ok(Response::new(answer))
     }
 }

@@ -13,12 +13,16 @@ use bora_core::host::HostSpec;
 use bora_core::index::DEFAULT_CHUNK_SIZE;
 use bora_core::snapshot::SnapshotId;
 
-use super::commit::blocking;
+use bora_core::snapshot::check_name;
+
 use super::error::RequestError;
 use super::jobs::{DiskSource, Incremental, JobRequest, Phase};
 use super::state::Coordinator;
+use crate::catalog::CatalogError;
 use crate::lease::JobId;
 use crate::live::{FrozenVm, LiveVms, VmListing};
+use crate::raft::command::Command;
+use crate::raft::{RaftCatalogError, Refusal};
 
 /// Removes a VM from the set of VMs being prepared, however preparing ends.
 struct Preparing<'a> {
@@ -32,24 +36,53 @@ impl Drop for Preparing<'_> {
     }
 }
 
+/// Host refusals as the file inventory's errors (same messages and codes as before).
+fn host_error(e: RaftCatalogError) -> RequestError {
+    match e {
+        RaftCatalogError::Refused(Refusal::HostExists { name }) => {
+            CatalogError::HostExists(name).into()
+        }
+        RaftCatalogError::Refused(Refusal::NoHost { name }) => CatalogError::NoHost(name).into(),
+        e => e.into(),
+    }
+}
+
 impl Coordinator {
     fn live(&self) -> Result<Arc<dyn LiveVms>, RequestError> {
         self.live.get().cloned().ok_or(RequestError::NoLiveVms)
     }
 
+    /// Registers a host: a proposal to the replicated catalog.
     pub(super) async fn add_host(&self, host: HostSpec, replace: bool) -> Result<(), RequestError> {
-        let inventory = self.inventory.clone();
-        blocking(move || inventory.add(&host, replace)).await
+        check_name("host", &host.name).map_err(RequestError::Invalid)?;
+        self.raft
+            .propose(Command::AddHost { host, replace })
+            .await
+            .map_err(host_error)?;
+        Ok(())
     }
 
+    /// Every registered host, by name (read linearizably).
     pub(super) async fn list_hosts(&self) -> Result<Vec<HostSpec>, RequestError> {
-        let inventory = self.inventory.clone();
-        blocking(move || inventory.list()).await
+        Ok(self
+            .raft
+            .read(|s| s.hosts.values().cloned().collect())
+            .await?)
     }
 
     pub(super) async fn remove_host(&self, name: String) -> Result<(), RequestError> {
-        let inventory = self.inventory.clone();
-        blocking(move || inventory.remove(&name)).await
+        self.raft
+            .propose(Command::RemoveHost { name })
+            .await
+            .map_err(host_error)?;
+        Ok(())
+    }
+
+    async fn get_host(&self, name: String) -> Result<HostSpec, RequestError> {
+        self.raft
+            .read(|s| s.hosts.get(&name).cloned())
+            .await?
+            .ok_or_else(|| CatalogError::NoHost(name).into())
     }
 
     /// The VMs of every registered host (or of `host`), with their disks.
@@ -60,8 +93,7 @@ impl Coordinator {
         let live = self.live()?;
         let hosts = match host {
             Some(name) => {
-                let inventory = self.inventory.clone();
-                vec![blocking(move || inventory.get(&name)).await?]
+                vec![self.get_host(name).await?]
             }
             None => self.list_hosts().await?,
         };
@@ -124,8 +156,7 @@ impl Coordinator {
             vm: vm.clone(),
         };
         let host = self.find_vm(live.as_ref(), &vm).await?;
-        let (catalog, v) = (self.catalog.clone(), vm.clone());
-        let parent = blocking(move || catalog.latest(&v)).await?;
+        let parent = self.catalog_latest(vm.clone()).await?;
         let id = SnapshotId::random();
         let chunk_size = DEFAULT_CHUNK_SIZE;
         let span = info_span!("backup_vm", job = %id, vm = %vm, host = %host.name);

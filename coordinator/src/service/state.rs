@@ -14,10 +14,9 @@ use super::epoch::Epoch;
 use super::jobs::JobRecord;
 use super::storage::Storage;
 use super::workers::WorkerRecord;
-use crate::catalog::Catalog;
-use crate::inventory::Inventory;
 use crate::lease::{JobCommit, JobId, LeaseTable, WorkerId};
 use crate::live::LiveVms;
+use crate::raft::RaftCatalog;
 
 /// Ended jobs whose status is kept for `WaitJob` and `Status`; older ones are forgotten.
 pub(super) const KEEP_ENDED_JOBS: usize = 1000;
@@ -67,13 +66,11 @@ pub(super) struct Coordinator {
     pub(super) epoch: Epoch,
     pub(super) clock: Clock,
     pub(super) core: Mutex<Core>,
-    pub(super) catalog: Arc<Catalog>,
-    /// Registered hypervisor hosts.
-    pub(super) inventory: Arc<Inventory>,
+    /// The replicated catalog: snapshot records, registered hypervisor hosts and the
+    /// storage membership (jobs and leases stay in this leader's memory for now).
+    pub(super) raft: RaftCatalog,
     /// How live VMs are frozen and read; unset: `BackupVm` and `ListVms` are refused.
     pub(super) live: OnceLock<Arc<dyn LiveVms>>,
-    /// Catalog commits one at a time, so a VM's parent is its latest snapshot.
-    pub(super) commit_lock: tokio::sync::Mutex<()>,
     pub(super) storage: Storage,
     /// Wakes the expiry timer when a lease with an earlier deadline is granted.
     pub(super) expiry: Notify,
@@ -87,6 +84,12 @@ pub(super) struct Coordinator {
 }
 
 impl Coordinator {
+    /// `Ok` on the leader; else the `NotLeader` redirect (jobs and workers are served by
+    /// the leader only: jobs live in its memory).
+    pub(super) fn leading(&self) -> Result<(), super::RequestError> {
+        Ok(self.raft.ensure_leading()?)
+    }
+
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {
         // The state stays consistent at every unlock (no call inside can panic halfway
         // through a change that matters), so a poisoned lock is still usable.

@@ -711,3 +711,85 @@ async fn a_long_polling_lease_answers_when_a_job_starts() {
     assert_eq!(e.code(), Code::InvalidArgument);
     node.stop().await;
 }
+
+/// A data dir of the single coordinator's files (`snapshots/`, `hosts/`,
+/// `membership.json`) is imported into the replicated catalog on its first start, once:
+/// a storage node removed afterwards does not come back from `membership.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_catalog_is_imported_once_on_the_first_start() {
+    use bora_core::host::{HostSpec, QmpTarget};
+    use bora_core::snapshot::SNAPSHOT_FORMAT_VERSION;
+
+    let dir = tempfile::tempdir().unwrap();
+    let meta = |id: &str, parent: Option<&str>| SnapshotMeta {
+        format: SNAPSHOT_FORMAT_VERSION,
+        id: id.parse().unwrap(),
+        vm: "vm1".into(),
+        time: "2026-11-28T00:00:00Z".into(),
+        parent: parent.map(|p| p.parse().unwrap()),
+        disks: vec![],
+    };
+    let files = crate::catalog::Catalog::open(dir.path()).unwrap();
+    files.commit(&meta("s1", None)).unwrap();
+    files.commit(&meta("s2", Some("s1"))).unwrap();
+    let inventory = crate::inventory::Inventory::open(dir.path()).unwrap();
+    let host = HostSpec::new("h1".into(), QmpTarget::Dir("/run/qemu".into()), None);
+    inventory.add(&host, false).unwrap();
+    std::fs::write(
+        dir.path().join("membership.json"),
+        r#"{"format":1,"replicas":3,"nodes":[{"id":"old","addr":"127.0.0.1:7209"}]}"#,
+    )
+    .unwrap();
+
+    let store = Arc::new(MemoryChunkStore::default());
+    let mut node = start(config(dir.path()), store.clone()).await;
+    let c = &mut node.client;
+    let listed = c
+        .list_snapshots(pb::ListSnapshotsRequest { vm: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot_json;
+    let metas: Vec<SnapshotMeta> = listed
+        .iter()
+        .map(|j| serde_json::from_str(j).unwrap())
+        .collect();
+    assert_eq!(metas, vec![meta("s1", None), meta("s2", Some("s1"))]);
+    let hosts = c
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .host_json;
+    assert_eq!(hosts.len(), 1);
+    let m = c
+        .membership(pb::MembershipRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.replicas, 3);
+    let ids: Vec<_> = m.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["old"], "membership.json wins over the config's seed");
+    c.remove_storage_node(pb::RemoveStorageNodeRequest { id: "old".into() })
+        .await
+        .unwrap();
+    node.stop().await;
+
+    let mut node = start(config(dir.path()), store).await;
+    let m = node
+        .client
+        .membership(pb::MembershipRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(m.nodes.is_empty(), "not imported again: {:?}", m.nodes);
+    let listed = node
+        .client
+        .list_snapshots(pb::ListSnapshotsRequest { vm: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot_json;
+    assert_eq!(listed.len(), 2);
+    node.stop().await;
+}

@@ -333,6 +333,30 @@ impl From<StatusView> for pb::StatusResponse {
                 .collect(),
             replicas: s.replicas,
             jobs: s.jobs.into_iter().map(pb::JobStatus::from).collect(),
+            raft: None,
+        }
+    }
+}
+
+impl From<crate::raft::ClusterStatus> for pb::RaftStatus {
+    fn from(s: crate::raft::ClusterStatus) -> pb::RaftStatus {
+        pb::RaftStatus {
+            id: s.id,
+            state: s.state.into(),
+            term: s.term,
+            leader: s.leader,
+            last_log: s.last_log,
+            applied: s.applied,
+            members: s
+                .members
+                .into_iter()
+                .map(|m| pb::RaftMember {
+                    id: m.id,
+                    addr: m.addr,
+                    voter: m.voter,
+                    matched: m.matched,
+                })
+                .collect(),
         }
     }
 }

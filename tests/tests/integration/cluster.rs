@@ -173,7 +173,7 @@ pub(crate) fn status(env: &Env, up: &Up) -> Value {
 }
 
 /// The member `id` of a status document.
-fn member<'a>(status: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn member<'a>(status: &'a Value, id: &str) -> &'a Value {
     status["members"]
         .as_array()
         .expect("members")
@@ -182,7 +182,7 @@ fn member<'a>(status: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no member {id} in {status}"))
 }
 
-fn kill9(pid: u64) {
+pub(crate) fn kill9(pid: u64) {
     let st = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -215,7 +215,7 @@ pub(crate) fn wait_running(env: &Env, up: &Up, vm: &str) {
 }
 
 /// `bora --cluster URL backup --image IMG --vm VM --json` in the background.
-fn backup_in_background(env: &Env, up: &Up, img: &Path, vm: &str) -> Child {
+pub(crate) fn backup_in_background(env: &Env, up: &Up, img: &Path, vm: &str) -> Child {
     Command::new(bora_bin())
         .arg("--repo")
         .arg(env.repo())
@@ -234,7 +234,7 @@ fn backup_in_background(env: &Env, up: &Up, img: &Path, vm: &str) -> Child {
         .expect("run bora backup")
 }
 
-fn finished(child: Child) -> Value {
+pub(crate) fn finished(child: Child) -> Value {
     let out = child.wait_with_output().expect("wait");
     assert!(
         out.status.success(),
@@ -244,7 +244,7 @@ fn finished(child: Child) -> Value {
     serde_json::from_slice(&out.stdout).expect("backup JSON")
 }
 
-fn restores_to(env: &Env, up: &Up, vm: &str, disk: &str, expected: &Path) {
+pub(crate) fn restores_to(env: &Env, up: &Up, vm: &str, disk: &str, expected: &Path) {
     let out = env.path(&format!("restored-{vm}.raw"));
     let _ = std::fs::remove_file(&out);
     env.ok(&up.args(&[
@@ -264,7 +264,7 @@ fn restores_to(env: &Env, up: &Up, vm: &str, disk: &str, expected: &Path) {
 }
 
 /// A 48 MiB image: six 8 MiB ranges of data nothing else shares.
-fn image(env: &Env, name: &str, seed: u64) -> PathBuf {
+pub(crate) fn image(env: &Env, name: &str, seed: u64) -> PathBuf {
     let img = env.path(&format!("{name}.raw"));
     raw_image(&img, 48 * MIB, &[(0, noise(48 * MIB as usize, seed))]);
     img

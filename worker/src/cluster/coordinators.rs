@@ -104,6 +104,28 @@ impl Coordinators {
         }
     }
 
+    /// Coordinator `i` answered that it is not the leader (UNAVAILABLE with a
+    /// `bora-leader: ID@ADDR` entry): new work is asked from the leader when it is in the
+    /// list. False when the answer names no leader of the list (then try the next one).
+    pub(super) fn follow_leader(&self, i: usize, s: &Status) -> bool {
+        let Some(addr) = leader_addr(s) else {
+            return false;
+        };
+        let Some(to) = self.addrs.iter().position(|a| bare(a) == addr) else {
+            warn!(leader = %addr, "the leader is not among this worker's coordinators");
+            return false;
+        };
+        if to != i
+            && self
+                .current
+                .compare_exchange(i, to, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            info!(from = %self.addr(i), to = %self.addr(to), "following the coordinators' leader");
+        }
+        to != i
+    }
+
     /// Tells coordinator `i` who this worker is, unless it already knows. Warns when the
     /// heartbeat period does not fit the coordinator's leases.
     pub(super) async fn register(
@@ -141,9 +163,52 @@ impl Coordinators {
     }
 }
 
+/// The metadata entry a coordinator that is not the leader answers with.
+const LEADER_METADATA: &str = "bora-leader";
+
+/// The leader's address in a `bora-leader: ID@ADDR` entry of `s`.
+pub(super) fn leader_addr(s: &Status) -> Option<&str> {
+    if s.code() != Code::Unavailable {
+        return None;
+    }
+    let v = s.metadata().get(LEADER_METADATA)?.to_str().ok()?;
+    let (_, addr) = v.split_once('@')?;
+    Some(bare(addr))
+}
+
+fn bare(addr: &str) -> &str {
+    addr.strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr)
+        .trim_end_matches('/')
+}
+
 /// This machine's name, if the kernel tells it.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_not_leader_answer_moves_new_work_to_the_leader() {
+        let addrs = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        let c = Coordinators::new(&addrs).unwrap();
+        let mut s = Status::unavailable("not the leader");
+        s.metadata_mut()
+            .insert(LEADER_METADATA, "2@127.0.0.1:2".parse().unwrap());
+        assert_eq!(leader_addr(&s), Some("127.0.0.1:2"));
+        assert!(c.follow_leader(0, &s));
+        assert_eq!(c.current(), 1);
+        assert!(!c.follow_leader(0, &Status::unavailable("no leader yet")));
+        let mut elsewhere = Status::unavailable("not the leader");
+        elsewhere
+            .metadata_mut()
+            .insert(LEADER_METADATA, "3@127.0.0.1:3".parse().unwrap());
+        assert!(!c.follow_leader(1, &elsewhere), "not in the list");
+    }
 }

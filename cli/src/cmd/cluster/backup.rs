@@ -74,15 +74,18 @@ async fn one_disk(
     disk: DiskSource,
     started: Instant,
 ) -> Result<BackupReport> {
-    let job = c
-        .client
-        .start_backup(StartBackupRequest {
-            vm: vm.to_string(),
-            host: "images".into(),
-            chunk_size: CHUNK_SIZE,
-            disks: vec![disk],
-        })
-        .await
+    let request = StartBackupRequest {
+        vm: vm.to_string(),
+        host: "images".into(),
+        chunk_size: CHUNK_SIZE,
+        disks: vec![disk],
+    };
+    // Once more on the leader when the coordinator asked is not it.
+    let answer = match c.client.start_backup(request.clone()).await {
+        Err(s) if c.follow_leader(&s).await => c.client.start_backup(request).await,
+        r => r,
+    };
+    let job = answer
         .map_err(|s| status_err(&format!("backup of vm {vm}"), s))?
         .into_inner()
         .job;
@@ -101,14 +104,15 @@ async fn live_vms(
     let mut jobs = Vec::new();
     let mut failed = Vec::new();
     for vm in unique_vms(vms) {
-        match c
-            .client
-            .backup_vm(BackupVmRequest {
-                vm: vm.clone(),
-                full,
-            })
-            .await
-        {
+        let request = BackupVmRequest {
+            vm: vm.clone(),
+            full,
+        };
+        let answer = match c.client.backup_vm(request.clone()).await {
+            Err(s) if c.follow_leader(&s).await => c.client.backup_vm(request).await,
+            r => r,
+        };
+        match answer {
             Ok(r) => jobs.push((vm.clone(), r.into_inner().job)),
             Err(s) => failed.push(format!(
                 "{vm}: {}",
@@ -199,13 +203,17 @@ async fn image_source(image: &Path, disk: Option<&str>) -> Result<DiskSource> {
 /// Long-polls job `job` until it ends.
 pub async fn wait(c: &mut Cluster, job: &str) -> Result<JobStatus> {
     loop {
-        let s = c
-            .client
-            .wait_job(WaitJobRequest {
-                job: job.to_string(),
-                timeout_ms: WAIT_MS,
-            })
-            .await
+        let request = WaitJobRequest {
+            job: job.to_string(),
+            timeout_ms: WAIT_MS,
+        };
+        // A new leader knows a job only once it is committed (jobs live in the leader's
+        // memory for now): it answers NOT_FOUND for one that was running.
+        let answer = match c.client.wait_job(request.clone()).await {
+            Err(s) if c.follow_leader(&s).await => c.client.wait_job(request).await,
+            r => r,
+        };
+        let s = answer
             .map_err(|s| status_err(&format!("job {job}"), s))?
             .into_inner();
         if s.state != State::Running as i32 {

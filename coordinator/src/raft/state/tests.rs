@@ -318,3 +318,46 @@ proptest! {
         prop_assert_eq!(serde_json::from_slice::<CatalogState>(&text).unwrap(), s);
     }
 }
+
+#[test]
+fn forgetting_snapshots_removes_only_the_vms_named_records() {
+    let mut s = CatalogState::default();
+    for (vm, id) in [("a", "s1"), ("a", "s2"), ("b", "s3"), ("a", "s4")] {
+        s.apply(&Command::CommitSnapshot {
+            meta: meta(vm, id),
+            parent: Parent::AsGiven,
+        })
+        .0
+        .unwrap();
+    }
+    let (outcome, touched) = s.apply(&Command::ForgetSnapshots {
+        vm: "a".into(),
+        ids: vec!["s1".into(), "s3".into(), "s9".into()],
+    });
+    assert_eq!(
+        outcome,
+        Ok(Applied::Forgotten {
+            ids: vec!["s1".into()]
+        }),
+        "s3 is vm b's, s9 does not exist"
+    );
+    assert_eq!(
+        touched,
+        vec![Key::Snapshot {
+            vm: "a".into(),
+            id: "s1".into()
+        }]
+    );
+    let left: Vec<String> = s.list(None).iter().map(|m| m.id.to_string()).collect();
+    assert_eq!(left, ["s2", "s3", "s4"]);
+    s.apply(&Command::ForgetSnapshots {
+        vm: "b".into(),
+        ids: vec!["s3".into()],
+    })
+    .0
+    .unwrap();
+    assert!(
+        !s.snapshots.contains_key("b"),
+        "a VM with none left is gone"
+    );
+}
