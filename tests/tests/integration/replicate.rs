@@ -395,7 +395,13 @@ fn a_wrong_token_or_certificate_is_refused_and_nothing_is_written() {
     let e = env.fails(&["replicate", "--to", "dr"]);
     assert!(e.contains("not the pinned sha256:abab"), "{e}");
 
-    let e = env.fails(&["remote", "add", "x", "http://dr.example.net:7300", "--insecure"]);
+    let e = env.fails(&[
+        "remote",
+        "add",
+        "x",
+        "http://dr.example.net:7300",
+        "--insecure",
+    ]);
     assert!(e.contains("loopback tests only"), "{e}");
     let e = env.fails(&["remote", "add", "x", "https://127.0.0.1:7300"]);
     assert!(e.contains("--ca") || e.contains("required"), "{e}");
