@@ -775,7 +775,9 @@ async fn a_file_catalog_is_imported_once_on_the_first_start() {
         .unwrap();
     node.stop().await;
 
-    let mut node = start(config(dir.path()), store).await;
+    let mut cfg = config(dir.path());
+    cfg.replicas = Some(1);
+    let mut node = start(cfg, store).await;
     let m = node
         .client
         .membership(pb::MembershipRequest {})
@@ -783,6 +785,7 @@ async fn a_file_catalog_is_imported_once_on_the_first_start() {
         .unwrap()
         .into_inner();
     assert!(m.nodes.is_empty(), "not imported again: {:?}", m.nodes);
+    assert_eq!(m.replicas, 1, "the config's replicas apply on every start");
     let listed = node
         .client
         .list_snapshots(pb::ListSnapshotsRequest { vm: None })
