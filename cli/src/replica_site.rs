@@ -32,6 +32,8 @@ const STORE_TTL: Duration = Duration::from_secs(10);
 /// This cluster, reached through its coordinator at a local address.
 pub struct ClusterSite {
     cluster: String,
+    /// This coordinator's URL, then the other Raft members' (comma-separated, as
+    /// `--cluster` takes them): catalog calls go to the leader.
     url: String,
     coordinator: CoordinatorClient<Channel>,
     store: Mutex<Option<(Instant, Arc<PlacedChunkStore>)>>,
@@ -40,7 +42,11 @@ pub struct ClusterSite {
 impl ClusterSite {
     /// The cluster `cluster` whose coordinator listens on `addr` (an unspecified address
     /// is reached on loopback).
-    pub fn new(addr: SocketAddr, cluster: String) -> anyhow::Result<ClusterSite> {
+    pub fn new(
+        addr: SocketAddr,
+        cluster: String,
+        others: &[String],
+    ) -> anyhow::Result<ClusterSite> {
         let mut addr = addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {
@@ -48,8 +54,12 @@ impl ClusterSite {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        let url = format!("http://{addr}");
-        let channel = Endpoint::from_shared(url.clone())?.connect_lazy();
+        let own = format!("http://{addr}");
+        let channel = Endpoint::from_shared(own.clone())?.connect_lazy();
+        let url = std::iter::once(own)
+            .chain(others.iter().map(|a| format!("http://{a}")))
+            .collect::<Vec<_>>()
+            .join(",");
         Ok(ClusterSite {
             cluster,
             url,
@@ -80,9 +90,20 @@ impl ClusterSite {
         Ok(store)
     }
 
+    /// A client of the coordinators' leader (this coordinator when it is alone).
+    async fn leader(&self) -> Result<CoordinatorClient<Channel>, String> {
+        if !self.url.contains(',') {
+            return Ok(self.coordinator.clone());
+        }
+        crate::cluster::connect(&self.url)
+            .await
+            .map(|c| c.client)
+            .map_err(|e| format!("{e:#}"))
+    }
+
     /// Every snapshot of the site, oldest first.
     pub async fn list(&self) -> Result<Vec<SnapshotMeta>, String> {
-        list_snapshots(&self.coordinator).await
+        list_snapshots(&self.leader().await?).await
     }
 }
 
@@ -109,8 +130,9 @@ impl Site for ClusterSite {
 
     async fn commit(&self, meta: SnapshotMeta) -> Result<(), SiteError> {
         let snapshot_json = serde_json::to_string(&meta).map_err(|e| SiteError(e.to_string()))?;
-        self.coordinator
-            .clone()
+        self.leader()
+            .await
+            .map_err(SiteError)?
             .commit_snapshot(CommitSnapshotRequest { snapshot_json })
             .await
             .map_err(|s| SiteError(format!("committing snapshot {}: {}", meta.id, s.message())))?;
@@ -123,7 +145,7 @@ impl LocalSite for ClusterSite {
     async fn source(&self) -> Result<Arc<dyn Source>, SourceError> {
         let store = self.placed().await.map_err(SourceError)?;
         Ok(Arc::new(ClusterSource {
-            coordinator: self.coordinator.clone(),
+            coordinator: self.leader().await.map_err(SourceError)?,
             store,
         }))
     }
@@ -136,9 +158,21 @@ pub async fn start(
     config: &bora_coordinator::config::CoordinatorConfig,
     coordinator: SocketAddr,
 ) -> anyhow::Result<(tonic::service::Routes, Vec<tokio::task::JoinHandle<()>>)> {
+    // The other coordinators of the replicated catalog, if any.
+    let others: Vec<String> = match &config.raft {
+        Some(r) => r
+            .member_map()
+            .map_err(|e| anyhow::anyhow!(e))?
+            .into_iter()
+            .filter(|(id, _)| *id != r.id)
+            .map(|(_, addr)| addr)
+            .collect(),
+        None => Vec::new(),
+    };
     let site = Arc::new(ClusterSite::new(
         coordinator,
         config.cluster.clone().unwrap_or_default(),
+        &others,
     )?);
     let local: Arc<dyn LocalSite> = site.clone();
     let routes = tonic::service::Routes::new(

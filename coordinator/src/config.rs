@@ -19,7 +19,8 @@
 //! only: the membership then lives in the replicated catalog (`data-dir/raft`) and is
 //! changed through the `AddStorageNode` / `RemoveStorageNode` RPCs (edit it through the
 //! RPCs, not here). A `membership.json` left by an older single coordinator seeds it
-//! instead of this list.
+//! instead of this list. `replicas`, when set, applies on every start (proposed by the
+//! leader; with several coordinators their configs should agree).
 //!
 //! `[raft]` (optional) names this coordinator's member id and every member's address;
 //! without it the coordinator is a replicated cluster of one.

@@ -127,7 +127,7 @@ pub async fn bind(
         // A cluster of one: it leads within a few hundred ms; import before serving, so
         // the first request already sees the data dir's records.
         if replicated::wait_leader(&raft, std::time::Duration::from_secs(10)).await {
-            replicated::import(&raft, config).await?;
+            replicated::on_leading(&raft, config).await?;
         }
     }
     let storage = storage::Storage::new(raft.clone(), stores);
@@ -252,7 +252,7 @@ async fn run_import(c: Arc<Coordinator>, config: CoordinatorConfig) {
     let mut stopping = c.stopping.subscribe();
     loop {
         if c.raft.status().state == "leader" {
-            match replicated::import(&c.raft, &config).await {
+            match replicated::on_leading(&c.raft, &config).await {
                 Ok(_) => return,
                 Err(e) => warn!(error = %e, "importing the data dir; will retry"),
             }

@@ -86,6 +86,28 @@ pub(super) async fn wait_leader(catalog: &RaftCatalog, timeout: Duration) -> boo
     }
 }
 
+/// What a member does once it leads: the one-time import, then the config's `replicas`
+/// (which, as before the catalog was replicated, applies on every start: the members'
+/// configs should agree on it).
+pub(super) async fn on_leading(
+    catalog: &RaftCatalog,
+    config: &CoordinatorConfig,
+) -> Result<(), ServiceError> {
+    import(catalog, config).await?;
+    if let Some(replicas) = config.replicas {
+        let current = catalog.read(|s| s.storage.replicas).await?;
+        if current != replicas {
+            catalog.propose(Command::SetReplicas { replicas }).await?;
+            info!(
+                from = current,
+                to = replicas,
+                "replicas set from the config"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Imports this data dir's records into the replicated catalog if this member leads,
 /// the catalog is empty and this dir was not imported before. Returns whether it ran.
 pub(super) async fn import(

@@ -775,7 +775,9 @@ async fn a_file_catalog_is_imported_once_on_the_first_start() {
         .unwrap();
     node.stop().await;
 
-    let mut node = start(config(dir.path()), store).await;
+    let mut cfg = config(dir.path());
+    cfg.replicas = Some(1);
+    let mut node = start(cfg, store).await;
     let m = node
         .client
         .membership(pb::MembershipRequest {})
@@ -783,6 +785,7 @@ async fn a_file_catalog_is_imported_once_on_the_first_start() {
         .unwrap()
         .into_inner();
     assert!(m.nodes.is_empty(), "not imported again: {:?}", m.nodes);
+    assert_eq!(m.replicas, 1, "the config's replicas apply on every start");
     let listed = node
         .client
         .list_snapshots(pb::ListSnapshotsRequest { vm: None })
@@ -792,4 +795,110 @@ async fn a_file_catalog_is_imported_once_on_the_first_start() {
         .snapshot_json;
     assert_eq!(listed.len(), 2);
     node.stop().await;
+}
+
+/// Three coordinators with `[raft]` on 127.0.0.1: a follower answers catalog reads and
+/// job requests UNAVAILABLE with the leader in `bora-leader`; the leader serves them and
+/// its status names every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_redirects_to_the_leader() {
+    use crate::config::RaftSection;
+
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        })
+        .collect();
+    let members: std::collections::BTreeMap<String, String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ((i + 1).to_string(), a.clone()))
+        .collect();
+    let store = Arc::new(MemoryChunkStore::default());
+    let mut nodes = Vec::new();
+    for (i, (dir, addr)) in dirs.iter().zip(&addrs).enumerate() {
+        let mut cfg = config(dir.path());
+        cfg.id = format!("c{}", i + 1);
+        cfg.listen = addr.clone();
+        cfg.raft = Some(RaftSection {
+            id: i as u64 + 1,
+            members: members.clone(),
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+        });
+        nodes.push(start(cfg, store.clone()).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (leader, raft) = loop {
+        let mut found = None;
+        for (i, n) in nodes.iter_mut().enumerate() {
+            let s = n
+                .client
+                .status(pb::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let raft = s.raft.unwrap();
+            if raft.state == "leader" {
+                found = Some((i, raft));
+            }
+        }
+        // The leader has imported the storage seed: it can serve.
+        if let Some((i, raft)) = found
+            && nodes[i]
+                .client
+                .membership(pb::MembershipRequest {})
+                .await
+                .is_ok_and(|m| !m.into_inner().nodes.is_empty())
+        {
+            break (i, raft);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(raft.members.len(), 3);
+    assert!(raft.term >= 1);
+    let follower = (leader + 1) % 3;
+    let expected = format!("{}@{}", leader + 1, addrs[leader]);
+    let e = nodes[follower]
+        .client
+        .list_snapshots(pb::ListSnapshotsRequest { vm: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    let named = |e: &tonic::Status| {
+        e.metadata()
+            .get(LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    // A follower that has not heard of the leader yet answers without it.
+    if let Some(l) = named(&e) {
+        assert_eq!(l, expected);
+    }
+    let e = nodes[follower]
+        .client
+        .start_backup(pb::StartBackupRequest {
+            vm: "vm1".into(),
+            host: "h1".into(),
+            chunk_size: CS,
+            disks: vec![disk("d", 8 * u64::from(CS))],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert_eq!(named(&e).as_deref(), Some(expected.as_str()));
+    let job = start_job(
+        &mut nodes[leader].client,
+        "vm1",
+        vec![disk("d", 8 * u64::from(CS))],
+    )
+    .await;
+    assert!(!job.is_empty());
+    for n in nodes {
+        n.stop().await;
+    }
 }
