@@ -110,6 +110,15 @@ async fn leader_via(url: &str) -> Result<Cluster> {
     }
 }
 
+/// Whether the coordinator at `url` itself leads (a single coordinator always does):
+/// it answers a linearizable read instead of naming another leader.
+pub async fn leads(url: &str) -> bool {
+    match dial(url).await {
+        Ok(mut c) => c.client.membership(MembershipRequest {}).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// The leader's URL in a not-the-leader answer.
 pub fn leader_url(s: &tonic::Status) -> Option<String> {
     if s.code() != tonic::Code::Unavailable {

@@ -2,7 +2,8 @@
 //! nodes answer (and with which process id), and whenever one joins the ring, comes back or
 //! restarted — even between two checks — (or the coordinator has just started), it runs
 //! `repair`, copying every chunk onto each of its owners from a replica, while backups go
-//! on. `bora repair` runs the same thing on demand.
+//! on. `bora repair` runs the same thing on demand. With several coordinators only the
+//! leader's loop repairs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,13 @@ pub async fn run(coordinator: SocketAddr, cluster: String) {
     let mut retry_at: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
+        // With several coordinators only the leader repairs (the others would copy the
+        // same chunks again); one that becomes leader starts with a full repair.
+        if !crate::cluster::leads(&url).await {
+            answered.clear();
+            retry_at = None;
+            continue;
+        }
         let store = match crate::cluster::connect(&url).await {
             Ok(mut c) => match c.store().await {
                 Ok(s) => s,
