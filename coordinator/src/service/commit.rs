@@ -56,8 +56,9 @@ impl Coordinator {
             Err(CommitError::Request(RequestError::Raft(RaftCatalogError::Refused(
                 Refusal::JobEnded { status, .. },
             )))) => {
-                info!(job = %job, ?status, "the job ended before its commit");
-                self.core().set_phase(&job, ended_phase(status));
+                info!(job = %job, ?status, "the job ended before this commit");
+                let phase = self.ended_phase(&job, status).await;
+                self.core().set_phase(&job, phase);
             }
             Err(e) => {
                 warn!(job = %job, error = %e, "commit failed; nothing was committed");
@@ -85,7 +86,8 @@ impl Coordinator {
                     return;
                 }
                 Err(RaftCatalogError::Refused(Refusal::JobEnded { status, .. })) => {
-                    self.core().set_phase(&job, ended_phase(status));
+                    let phase = self.ended_phase(&job, status).await;
+                    self.core().set_phase(&job, phase);
                     return;
                 }
                 Err(RaftCatalogError::Refused(r)) => {
@@ -279,14 +281,28 @@ impl Coordinator {
     }
 }
 
-/// How a job that ended in the replicated catalog shows to clients.
-pub(super) fn ended_phase(status: ReplicatedStatus) -> Phase {
-    match status {
-        ReplicatedStatus::Failed { error } => Phase::Failed { error },
-        ReplicatedStatus::Cancelled => Phase::Cancelled,
-        ReplicatedStatus::Committed => Phase::Failed {
-            error: "committed by an earlier leader; see the job's snapshot (bora snapshots)".into(),
-        },
-        ReplicatedStatus::Running => Phase::Running,
+impl Coordinator {
+    /// How a job that ended in the replicated catalog shows to clients; a committed one
+    /// with its snapshot (committed by another proposal of this job, e.g. an earlier
+    /// leadership's).
+    pub(super) async fn ended_phase(&self, job: &JobId, status: ReplicatedStatus) -> Phase {
+        match status {
+            ReplicatedStatus::Failed { error } => Phase::Failed { error },
+            ReplicatedStatus::Cancelled => Phase::Cancelled,
+            ReplicatedStatus::Running => Phase::Running,
+            ReplicatedStatus::Committed => {
+                let meta = self
+                    .raft
+                    .read(|s| s.list(None).into_iter().find(|m| m.id.as_str() == job.0))
+                    .await;
+                match meta.map(|m| m.map(|m| serde_json::to_string(&m))) {
+                    Ok(Some(Ok(snapshot_json))) => Phase::Committed { snapshot_json },
+                    _ => Phase::Failed {
+                        error: "committed, but its snapshot cannot be read now; see bora snapshots"
+                            .into(),
+                    },
+                }
+            }
+        }
     }
 }
