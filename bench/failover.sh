@@ -12,7 +12,8 @@
 # For each: the wall clock from the first backup started to the last committed, the
 # throughput, and for the killed run how long until another coordinator led (polled with
 # `bora status` every 0.1 s), how many leases of the dead leader the workers dropped (their
-# ranges read again: "lease of an earlier leader dropped" in the workers' logs), how many
+# ranges read again: "lease of an earlier leader dropped", or a result or failure dropped
+# because "the lease is void", in the workers' logs), how many
 # jobs the new leader took over ("job taken over" in its log), and the seconds the
 # failure cost against the no-failure run. Every backup must succeed; after the killed
 # run every image is restored and `cmp`ed with its source (the jobs were cut halfway).
@@ -128,7 +129,7 @@ print(next(m["pid"] for m in st["members"] if m["id"]==sys.argv[1]))' "$old")
   BACKUP_PIDS=()
   [ -z "$failed" ] || die "backups failed:$failed"
   SECS=$(echo "$t1 - $t0" | bc -l)
-  DROPPED=$(cat "$DATA"/worker-*/log 2>/dev/null | grep -c "lease of an earlier leader dropped" || true)
+  DROPPED=$(cat "$DATA"/worker-*/log 2>/dev/null | grep -cE "lease of an earlier leader dropped|the lease is void" || true)
   TAKEN=$(cat "$DATA"/coordinator-*/log 2>/dev/null | grep -c "job taken over" || true)
   if [ -n "$2" ]; then
     for vm in "${VMS[@]}"; do

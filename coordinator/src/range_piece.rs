@@ -9,8 +9,8 @@
 //! digest (32 bytes). Pieces hold at most [`MAX_ENTRIES`] entries each.
 
 use bora_core::Digest;
-use bora_core::chunk::{self, DEFAULT_ZSTD_LEVEL};
-use bora_core::store::{ChunkStore, StoreError};
+use bora_core::index_store::{IndexStoreError, put_pieces, read_pieces};
+use bora_core::store::ChunkStore;
 
 const MAGIC: &[u8; 8] = b"BORARNG1";
 /// Entries per piece: about 1 MiB of entries at most.
@@ -19,18 +19,10 @@ pub const MAX_ENTRIES: usize = 25_000;
 /// Why a range's pieces could not be stored or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum RangePieceError {
-    #[error("storing a range's result: {0}")]
-    Put(#[source] StoreError),
-    #[error("range result piece {digest}: {source}")]
-    Read {
-        digest: Digest,
-        #[source]
-        source: StoreError,
-    },
+    #[error("a range's result: {0}")]
+    Store(#[from] IndexStoreError),
     #[error("range result piece {digest} is malformed: {reason}")]
     Malformed { digest: Digest, reason: String },
-    #[error("encoding a range's result: {0}")]
-    Encode(#[from] chunk::ChunkError),
 }
 
 /// One chunk of a range: its number and digest (`None`: all zeros).
@@ -103,26 +95,7 @@ pub async fn store(
     store: &dyn ChunkStore,
     entries: &[Entry],
 ) -> Result<Vec<Digest>, RangePieceError> {
-    let pieces = encode(entries);
-    let digests: Vec<Digest> = pieces.iter().map(|p| Digest::of(p)).collect();
-    let missing = store
-        .missing(&digests)
-        .await
-        .map_err(RangePieceError::Put)?;
-    let mut new = Vec::new();
-    for ((piece, digest), missing) in pieces.iter().zip(&digests).zip(missing) {
-        if missing {
-            new.push(chunk::encode_with_digest(
-                *digest,
-                piece,
-                DEFAULT_ZSTD_LEVEL,
-            )?);
-        }
-    }
-    if !new.is_empty() {
-        store.put(new).await.map_err(RangePieceError::Put)?;
-    }
-    Ok(digests)
+    Ok(put_pieces(store, &encode(entries)).await?)
 }
 
 /// Loads the entries of a range from its pieces (each verified against its digest by the
@@ -132,14 +105,7 @@ pub async fn load(
     pieces: &[Digest],
 ) -> Result<Vec<Entry>, RangePieceError> {
     let mut entries = Vec::new();
-    for digest in pieces {
-        let data = store
-            .read(digest)
-            .await
-            .map_err(|source| RangePieceError::Read {
-                digest: *digest,
-                source,
-            })?;
+    for (digest, data) in pieces.iter().zip(read_pieces(store, pieces).await?) {
         entries.extend(decode(*digest, &data)?);
     }
     Ok(entries)

@@ -22,14 +22,14 @@ pub enum IndexStoreError {
     Encode(#[from] chunk::ChunkError),
 }
 
-/// Stores `index` as pieces (only pieces the store lacks are written) and returns the
-/// reference the catalog keeps.
-pub async fn store_index(
+/// Stores `pieces` as content-addressed chunks (only those the store lacks are written)
+/// and returns their digests, in order. Shared by everything the catalog references by
+/// digest (index pieces, the coordinator's range results).
+pub async fn put_pieces(
     store: &dyn ChunkStore,
-    index: &DiskIndex,
-) -> Result<IndexRef, IndexStoreError> {
-    let pieces = index.to_pieces();
-    let digests: Vec<Digest> = pieces.iter().map(|p| Digest::of(p)).collect();
+    pieces: &[impl AsRef<[u8]>],
+) -> Result<Vec<Digest>, IndexStoreError> {
+    let digests: Vec<Digest> = pieces.iter().map(|p| Digest::of(p.as_ref())).collect();
     let missing = store
         .missing(&digests)
         .await
@@ -39,7 +39,7 @@ pub async fn store_index(
         if missing {
             new.push(chunk::encode_with_digest(
                 *digest,
-                piece,
+                piece.as_ref(),
                 DEFAULT_ZSTD_LEVEL,
             )?);
         }
@@ -47,6 +47,35 @@ pub async fn store_index(
     if !new.is_empty() {
         store.put(new).await.map_err(IndexStoreError::Put)?;
     }
+    Ok(digests)
+}
+
+/// Reads the pieces `digests`, in order (each verified against its digest by the store).
+pub async fn read_pieces(
+    store: &dyn ChunkStore,
+    digests: &[Digest],
+) -> Result<Vec<bytes::Bytes>, IndexStoreError> {
+    let mut pieces = Vec::with_capacity(digests.len());
+    for digest in digests {
+        let data = store
+            .read(digest)
+            .await
+            .map_err(|source| IndexStoreError::Store {
+                digest: *digest,
+                source,
+            })?;
+        pieces.push(data);
+    }
+    Ok(pieces)
+}
+
+/// Stores `index` as pieces (only pieces the store lacks are written) and returns the
+/// reference the catalog keeps.
+pub async fn store_index(
+    store: &dyn ChunkStore,
+    index: &DiskIndex,
+) -> Result<IndexRef, IndexStoreError> {
+    let digests = put_pieces(store, &index.to_pieces()).await?;
     Ok(IndexRef {
         format: u32::from(INDEX_FORMAT_VERSION),
         disk_size: index.disk_size(),
@@ -63,17 +92,7 @@ pub async fn load_index(
     if r.format != u32::from(INDEX_FORMAT_VERSION) {
         return Err(IndexError::UnsupportedVersion(r.format).into());
     }
-    let mut pieces = Vec::with_capacity(r.pieces.len());
-    for digest in &r.pieces {
-        let data = store
-            .read(digest)
-            .await
-            .map_err(|source| IndexStoreError::Store {
-                digest: *digest,
-                source,
-            })?;
-        pieces.push(data);
-    }
+    let pieces = read_pieces(store, &r.pieces).await?;
     Ok(DiskIndex::from_pieces(r.disk_size, r.chunk_size, &pieces)?)
 }
 

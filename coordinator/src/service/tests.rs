@@ -77,18 +77,23 @@ fn disk(name: &str, size: u64) -> pb::DiskSource {
     }
 }
 
-async fn start_job(c: &mut Client, vm: &str, disks: Vec<pb::DiskSource>) -> String {
-    c.start_backup(pb::StartBackupRequest {
+/// A backup of `vm`'s `disks` from host h1, as job `job` when given.
+fn request(vm: &str, disks: Vec<pb::DiskSource>, job: Option<&str>) -> pb::StartBackupRequest {
+    pb::StartBackupRequest {
         vm: vm.into(),
         host: "h1".into(),
         chunk_size: CS,
         disks,
-        job: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .job
+        job: job.unwrap_or_default().into(),
+    }
+}
+
+async fn start_job(c: &mut Client, vm: &str, disks: Vec<pb::DiskSource>) -> String {
+    c.start_backup(request(vm, disks, None))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
 }
 
 async fn lease(c: &mut Client, worker: &str) -> Option<pb::RangeLease> {
@@ -222,13 +227,7 @@ async fn a_job_commits_once_every_range_is_done_and_a_restart_keeps_it() {
     );
     // One VM, one running job.
     let e = c
-        .start_backup(pb::StartBackupRequest {
-            vm: "vm1".into(),
-            host: "h1".into(),
-            chunk_size: CS,
-            disks: vec![disk("a", cs)],
-            job: String::new(),
-        })
+        .start_backup(request("vm1", vec![disk("a", cs)], None))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
@@ -286,13 +285,7 @@ async fn a_job_commits_once_every_range_is_done_and_a_restart_keeps_it() {
     assert!(!complete(c, &store, "w1", &old_lease).await);
     // The VM's job is still running: no second one.
     let e = c
-        .start_backup(pb::StartBackupRequest {
-            vm: "vm1".into(),
-            host: "h1".into(),
-            chunk_size: CS,
-            disks: vec![disk("a", cs)],
-            job: String::new(),
-        })
+        .start_backup(request("vm1", vec![disk("a", cs)], None))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
@@ -605,13 +598,7 @@ async fn no_storage_nodes_no_backup_and_one_coordinator_per_data_dir() {
     let mut node = start(cfg.clone(), store.clone()).await;
     let e = node
         .client
-        .start_backup(pb::StartBackupRequest {
-            vm: "vm1".into(),
-            host: "h1".into(),
-            chunk_size: CS,
-            disks: vec![disk("a", 1)],
-            job: String::new(),
-        })
+        .start_backup(request("vm1", vec![disk("a", 1)], None))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
@@ -911,13 +898,7 @@ async fn a_job_goes_on_under_a_new_leader() {
     let (mut nodes, _) = three_coordinators(&dirs, &store).await;
     let (old, _) = serving_leader(&mut nodes).await;
     let id = bora_core::snapshot::SnapshotId::random().to_string();
-    let request = pb::StartBackupRequest {
-        vm: "vm1".into(),
-        host: "h1".into(),
-        chunk_size: CS,
-        disks: vec![disk("d", 8 * u64::from(CS))],
-        job: id.clone(),
-    };
+    let request = request("vm1", vec![disk("d", 8 * u64::from(CS))], Some(&id));
     let c = &mut nodes[old].as_mut().unwrap().client;
     let job = c
         .start_backup(request.clone())
@@ -1011,13 +992,7 @@ async fn a_follower_redirects_to_the_leader() {
         .as_mut()
         .unwrap()
         .client
-        .start_backup(pb::StartBackupRequest {
-            vm: "vm1".into(),
-            host: "h1".into(),
-            chunk_size: CS,
-            disks: vec![disk("d", 8 * u64::from(CS))],
-            job: String::new(),
-        })
+        .start_backup(request("vm1", vec![disk("d", 8 * u64::from(CS))], None))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e}");

@@ -48,19 +48,7 @@ fn cluster_of_three_coordinators_survives_a_killed_leader() {
         .expect("leader pid");
     kill9(pid);
     let killed = Instant::now();
-    let mut next = String::new();
-    wait_for("a new leader", Duration::from_secs(10), || {
-        let out = std::process::Command::new(bora_bin())
-            .args(up.args(&["status", "--json"]))
-            .env_remove("BORA_LOG")
-            .output()
-            .expect("bora status");
-        let Ok(st) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-            return false;
-        };
-        next = st["leader"].as_str().unwrap_or_default().to_string();
-        !next.is_empty() && next != leader
-    });
+    let next = new_leader(&up, &leader, Duration::from_secs(10));
     eprintln!("{leader} killed; {next} leads after {:?}", killed.elapsed());
     assert!(killed.elapsed() < Duration::from_secs(10));
 
@@ -89,6 +77,25 @@ fn cluster_of_three_coordinators_survives_a_killed_leader() {
         let top = logs.iter().flatten().max().copied();
         logs.iter().filter(|l| **l == top && top.is_some()).count() >= 2
     });
+}
+
+/// Waits (up to `limit`) until a coordinator other than `old` leads; returns it.
+fn new_leader(up: &Up, old: &str, limit: Duration) -> String {
+    let mut next = String::new();
+    wait_for("a new leader", limit, || {
+        // `bora status` fails while no leader answers: not an error here.
+        let out = std::process::Command::new(bora_bin())
+            .args(up.args(&["status", "--json"]))
+            .env_remove("BORA_LOG")
+            .output()
+            .expect("bora status");
+        let Ok(st) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        next = st["leader"].as_str().unwrap_or_default().to_string();
+        !next.is_empty() && next != old
+    });
+    next
 }
 
 /// The coordinators' view of member `raft_id` in a status document: its log position.
@@ -161,19 +168,7 @@ fn backups_of_several_vms_survive_a_leader_killed_mid_way() {
         .expect("leader pid");
     kill9(pid);
     let killed = Instant::now();
-    let mut next = String::new();
-    wait_for("a new leader", Duration::from_secs(10), || {
-        let out = std::process::Command::new(bora_bin())
-            .args(up.args(&["status", "--json"]))
-            .env_remove("BORA_LOG")
-            .output()
-            .expect("bora status");
-        let Ok(st) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-            return false;
-        };
-        next = st["leader"].as_str().unwrap_or_default().to_string();
-        !next.is_empty() && next != leader
-    });
+    let next = new_leader(&up, &leader, Duration::from_secs(10));
     eprintln!(
         "{leader} killed mid-way; {next} leads after {:?}",
         killed.elapsed()
@@ -225,15 +220,7 @@ fn backups_of_several_vms_survive_a_leader_killed_mid_way() {
     let st = status(&env, &up);
     let current = st["leader"].as_str().expect("a leader").to_string();
     kill9(member(&st, &current)["pid"].as_u64().expect("pid"));
-    wait_for("a third leader", Duration::from_secs(15), || {
-        let out = std::process::Command::new(bora_bin())
-            .args(up.args(&["status", "--json"]))
-            .env_remove("BORA_LOG")
-            .output()
-            .expect("bora status");
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .is_ok_and(|st| st["leader"].as_str().is_some_and(|l| l != current))
-    });
+    new_leader(&up, &current, Duration::from_secs(15));
     let list = env.json(&up.args(&["snapshots"]));
     assert_eq!(
         list.as_array().expect("list").len(),
