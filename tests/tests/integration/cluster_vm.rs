@@ -318,3 +318,65 @@ fn cluster_reads_at_most_per_host_limit_ranges_of_one_host() {
         "h2's ranges should run beside h1's: at most {all} leases at once"
     );
 }
+
+#[test]
+fn a_live_vm_backup_survives_a_killed_leader_and_the_vm_is_cleaned_up() {
+    let env = Env::new();
+    // 4 MiB/s per source and worker: a 32 MiB disk takes seconds, time to kill the leader.
+    let up = Up::start(
+        &env,
+        &[
+            "--coordinators",
+            "3",
+            "--workers",
+            "2",
+            "--storage-nodes",
+            "2",
+            "--read-limit",
+            "4194304",
+        ],
+    );
+    let (img, raw) = dense(&env, "vm1-disk0", 32 * MIB, 7);
+    let q = Qsd::one_disk(&env.path("vm1.qmp"), &env.path("nbd1.sock"), &img);
+    register(&env, &up, "h1", &q);
+
+    let child = std::process::Command::new(bora_bin())
+        .args(up.args(&["backup", "--vm", "vm1", "--json"]))
+        .env_remove("BORA_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bora backup");
+    super::cluster::wait_running(&env, &up, "vm1");
+    // The leader froze the VM; it dies with the job halfway.
+    let st = super::cluster::status(&env, &up);
+    let leader = st["leader"].as_str().expect("a leader").to_string();
+    super::cluster::kill9(
+        super::cluster::member(&st, &leader)["pid"]
+            .as_u64()
+            .expect("pid"),
+    );
+    // The new leader takes the job over; the workers keep reading the frozen export.
+    let r = super::cluster::finished(child);
+    assert_eq!(disk0(&r)["mode"], "full", "{r}");
+    restores(&env, &up, "latest", "vm1", &raw);
+    // When the job ends the new leader cleans the VM up: no export, job or scratch node
+    // is left, and one recording bitmap, the snapshot's.
+    super::cluster::wait_for(
+        "the VM to be cleaned up",
+        std::time::Duration::from_secs(20),
+        || q.bora_leftovers().is_empty(),
+    );
+    assert_eq!(q.assert_clean(), [format!("bora-{}", snap(&r))]);
+
+    // The bitmap chain goes on: the next backup is incremental and reads the one write.
+    guest(&q.url("live"), &["write -P 0x77 5M 64K".into()]);
+    let copy = env.path("after.raw");
+    copy_export(&q.url("live"), &copy);
+    let next = env.json(&up.args(&["backup", "--vm", "vm1"]));
+    assert_eq!(next["parent"], r["snapshot"]);
+    let d = disk0(&next);
+    assert_eq!(d["mode"], "incremental", "{next}");
+    assert!(u(d, "bytes_read") <= CS, "{next}");
+    restores(&env, &up, "latest", "vm1", &copy);
+}
