@@ -47,10 +47,13 @@
 mod commit;
 mod epoch;
 mod error;
+mod export;
 mod grpc;
 mod jobs;
+mod join;
 mod leases;
 mod live_jobs;
+mod members;
 mod probe;
 mod replicated;
 mod state;
@@ -76,6 +79,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 pub use error::{LEADER_METADATA, RequestError, ServiceError, to_status};
+pub use export::{CatalogExport, EXPORT_INFO, ExportError};
 pub use storage::StoreFactory;
 
 use crate::config::CoordinatorConfig;
