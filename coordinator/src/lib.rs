@@ -3,7 +3,8 @@
 //! the cluster mode, two pure (sans-IO) cores: the lease table that hands ranges to
 //! workers (`lease`) and the placement of chunks on storage nodes (`placement`); and the
 //! gRPC service that drives them (`service`, configured by `config`). The replicated
-//! catalog for a cluster of coordinators (`raft`) is a library not yet used by `service`.
+//! catalog for a cluster of coordinators (`raft`) holds the service's catalog, hosts and
+//! storage membership.
 
 pub mod backup;
 pub mod catalog;

@@ -15,7 +15,10 @@
 //!   leader in a `bora-leader` metadata entry. Without `[raft]` in the config the
 //!   coordinator is a cluster of one. The `Raft` service is served on the same listener.
 //!   On a cluster's first start the leader imports its data dir's files once (see
-//!   `replicated`).
+//!   `replicated`). Coordinators are added and removed online (`members`: the
+//!   `AddCoordinator`/`RemoveCoordinator` RPCs); a member with an empty store makes a new
+//!   cluster only when no configured member answers as part of one (`join`);
+//!   `ExportCatalog` and `export` write the catalog back as those data-dir files.
 //! - **Jobs live in the leader's memory** (this step: the next one replicates them). A
 //!   job's id is the id of the snapshot it commits. After a restart, or a leader change,
 //!   every committed snapshot is in the catalog and

@@ -33,7 +33,7 @@ pub async fn run(urls: &str, cmd: CoordinatorCommand, json: bool) -> Result<()> 
                     .iter()
                     .find(|m| m.id == id)
                     .and_then(|m| m.matched)
-                    .map_or_else(String::new, |l| format!(" up to entry {l}"));
+                    .map_or_else(String::new, |l| format!(" (entry {l})"));
                 format!("coordinator {id} at {addr} added: a voter, its log caught up{log}")
             })
         }

@@ -158,7 +158,11 @@ fn a_dead_coordinator_is_replaced_online_and_the_catalog_exports_and_restores() 
     expected.sort_unstable();
     assert_eq!(now, expected, "{added}");
     // Adding it again is a no-op; its id at another address is refused.
-    env.ok(&up.args(&["coordinator", "add", "4", &addr4]));
+    let again = env.ok(&up.args(&["coordinator", "add", "4", &addr4]));
+    assert!(
+        again.starts_with(&format!("coordinator 4 at {addr4} added: a voter")),
+        "{again}"
+    );
     let e = env.fails(&up.args(&["coordinator", "add", "4", "127.0.0.1:9"]));
     assert!(e.contains("already a member"), "{e}");
     wait_for(
@@ -173,6 +177,31 @@ fn a_dead_coordinator_is_replaced_online_and_the_catalog_exports_and_restores() 
                 && log(4) == log(leader)
         },
     );
+
+    // The workers follow a leader only among the coordinators their config lists: the
+    // operator adds the new one and restarts them (one at a time, as in production).
+    for w in ["worker-1", "worker-2"] {
+        let config = up.config(w);
+        let text = std::fs::read_to_string(&config).expect("worker config");
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| match l.strip_suffix(']') {
+                Some(list) if l.starts_with("coordinators = [") => format!("{list}, {addr4:?}]"),
+                _ => l.to_string(),
+            })
+            .collect();
+        std::fs::write(&config, text.join("\n") + "\n").expect("write worker config");
+        let pid = pid_of(&config);
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        wait_for(&format!("{w} to stop"), Duration::from_secs(20), || {
+            processes_mentioning(config.to_str().expect("utf-8 path")).is_empty()
+        });
+        up.start_member("worker", &config);
+    }
 
     // The leader dies too: coordinator 4 and the other survivor carry on.
     up.url = format!("{},http://{addr4}", up.url);
@@ -191,7 +220,9 @@ fn a_dead_coordinator_is_replaced_online_and_the_catalog_exports_and_restores() 
     restores_to(&env, &up, "app", "app", &app);
     restores_to(&env, &up, "db", "db", &db);
     let st = status(&env, &up);
-    assert_ne!(leader_raft_id(&st), leader, "{st}");
+    let next = leader_raft_id(&st);
+    assert_ne!(next, leader, "{st}");
+    eprintln!("coordinator {leader} (leader) killed; {next} leads");
 
     // The catalog, exported and restored into a fresh coordinator of its own.
     let snapshots = env.json(&up.args(&["snapshots"]));
