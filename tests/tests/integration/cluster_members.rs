@@ -125,6 +125,15 @@ fn a_dead_coordinator_is_replaced_online_and_the_catalog_exports_and_restores() 
     // cluster of one below; an unknown id is refused here.
     let e = env.fails(&up.args(&["coordinator", "remove", "9"]));
     assert!(e.contains("not a member"), "{e}");
+    // Bad input: one clear line, nothing changed.
+    let e = env.fails(&up.args(&["coordinator", "add", "0", "127.0.0.1:9"]));
+    assert!(e.contains("0"), "{e}");
+    let e = env.fails(&up.args(&["coordinator", "add", "5", "no-port"]));
+    assert!(e.contains("not HOST:PORT"), "{e}");
+    let e = env.fails(&["coordinator", "remove", "2"]);
+    assert!(e.contains("needs --cluster"), "{e}");
+    let e = env.fails(&["catalog", "export", "--to", "/nonexistent"]);
+    assert!(e.contains("needs --cluster"), "{e}");
 
     // Its replacement: a new id (4) and an empty data dir, started by hand.
     let addr4 = free_addr();
