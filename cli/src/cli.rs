@@ -222,9 +222,13 @@ pub struct UpArgs {
     /// IP:PORT of the coordinator; storage nodes take the next ports. Port 0 picks free ones.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: String,
-    /// Coordinators (1 until coordinator replication lands).
+    /// Coordinators: their catalog is replicated with Raft (3 or 5 survive 1 or 2 down).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub coordinators: usize,
+    /// With several coordinators: a Raft snapshot of the catalog every N log entries,
+    /// keeping the last N/2 entries in the log (default 10000, keeping 1000).
+    #[arg(long, value_name = "N")]
+    pub raft_snapshot_every: Option<u64>,
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub workers: usize,
     #[arg(long, value_name = "N", default_value_t = 3)]

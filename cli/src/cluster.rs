@@ -24,6 +24,8 @@ const MAX_MESSAGE: usize = 64 << 20;
 pub struct Cluster {
     pub url: String,
     pub client: CoordinatorClient<Channel>,
+    /// Every coordinator `--cluster` named, to find the leader again after a change.
+    urls: Arc<Vec<String>>,
 }
 
 /// The metadata entry of a coordinator's UNAVAILABLE answer naming the leader
@@ -47,12 +49,20 @@ pub async fn connect(urls: &str) -> Result<Cluster> {
     if urls.is_empty() {
         bail!("--cluster is empty: give the coordinator's URL, e.g. http://127.0.0.1:7100");
     }
-    let deadline = tokio::time::Instant::now() + FIND_LEADER_FOR;
+    find_leader(Arc::new(urls), FIND_LEADER_FOR).await
+}
+
+/// The leader among `urls`, asked in turn until `within` has passed.
+async fn find_leader(urls: Arc<Vec<String>>, within: Duration) -> Result<Cluster> {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let mut errors = Vec::new();
-        for url in &urls {
+        for url in urls.iter() {
             match leader_via(url).await {
-                Ok(c) => return Ok(c),
+                Ok(mut c) => {
+                    c.urls = urls.clone();
+                    return Ok(c);
+                }
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
@@ -85,6 +95,7 @@ async fn dial(url: &str) -> Result<Cluster> {
     Ok(Cluster {
         url: url.to_string(),
         client,
+        urls: Arc::new(vec![url.to_string()]),
     })
 }
 
@@ -129,6 +140,31 @@ pub fn leader_url(s: &tonic::Status) -> Option<String> {
     Some(with_scheme(addr))
 }
 
+/// How long [`Cluster::call`] follows leader changes before giving up.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Whether an error may go away once a (new) leader serves: the coordinator is not
+/// reachable, or is electing or taking over (UNAVAILABLE), or the connection broke in the
+/// middle of the call.
+fn leader_may_change(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => {
+            let m = s.message().to_ascii_lowercase();
+            [
+                "transport",
+                "connection",
+                "broken pipe",
+                "h2 protocol",
+                "reset",
+            ]
+            .iter()
+            .any(|w| m.contains(w))
+        }
+        _ => false,
+    }
+}
+
 /// A status error as one line.
 pub fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("{what}: {}", s.message())
@@ -147,12 +183,44 @@ impl Cluster {
         match dial(&url).await {
             Ok(c) => {
                 tracing::info!(from = %self.url, to = %url, "following the coordinators' leader");
-                *self = c;
+                let urls = self.urls.clone();
+                *self = Cluster { urls, ..c };
                 true
             }
             Err(e) => {
                 tracing::warn!(leader = %url, error = %format!("{e:#}"), "cannot reach the leader");
                 false
+            }
+        }
+    }
+
+    /// Makes a call on the leader through every leader change for up to [`RETRY_FOR`]: a
+    /// redirect is followed, and an answer that says no leader can serve it now (the
+    /// coordinator is gone, an election, a new leader taking over) makes the call again
+    /// on whichever coordinator leads next. Only for calls that may be made twice:
+    /// reads, and writes that name what they create (a backup with its job id).
+    pub async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        loop {
+            let s = match f(self.client.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            if self.follow_leader(&s).await {
+                continue;
+            }
+            if !leader_may_change(&s) || tokio::time::Instant::now() >= deadline {
+                return Err(s);
+            }
+            tracing::info!(coordinator = %self.url, error = %s.message(), "no leader serves this now; asking again");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Ok(c) = find_leader(self.urls.clone(), left).await {
+                *self = c;
             }
         }
     }
@@ -196,28 +264,32 @@ impl Cluster {
     }
 
     pub async fn snapshots(&mut self, vm: Option<&str>) -> Result<Vec<SnapshotMeta>> {
+        let request = ListSnapshotsRequest {
+            vm: vm.map(str::to_string),
+        };
         let r = self
-            .client
-            .list_snapshots(ListSnapshotsRequest {
-                vm: vm.map(str::to_string),
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.list_snapshots(request).await }
             })
             .await
-            .map_err(|s| status_err("listing snapshots", s))?
-            .into_inner();
+            .map_err(|s| status_err("listing snapshots", s))?;
         r.snapshot_json.iter().map(|j| parse_meta(j)).collect()
     }
 
     /// Snapshot `id` (or `latest`) of `vm`.
     pub async fn snapshot(&mut self, vm: &str, id: &str) -> Result<SnapshotMeta> {
+        let request = GetSnapshotRequest {
+            vm: vm.to_string(),
+            id: id.to_string(),
+        };
         let r = self
-            .client
-            .get_snapshot(GetSnapshotRequest {
-                vm: vm.to_string(),
-                id: id.to_string(),
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.get_snapshot(request).await }
             })
             .await
-            .map_err(|s| status_err(&format!("snapshot {id} of vm {vm}"), s))?
-            .into_inner();
+            .map_err(|s| status_err(&format!("snapshot {id} of vm {vm}"), s))?;
         parse_meta(&r.snapshot_json)
     }
 }

@@ -110,6 +110,23 @@ pub struct RaftSection {
     pub election_min_ms: u64,
     #[serde(default = "default_election_max_ms")]
     pub election_max_ms: u64,
+    /// A Raft snapshot of the catalog is built every this many log entries (default
+    /// 10000)…
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// …and the log before it is purged but for the last `keep-logs` entries (default
+    /// 1000): a member that was away for fewer entries catches up from the log, one away
+    /// longer from the snapshot.
+    #[serde(default = "default_keep_logs")]
+    pub keep_logs: u64,
+}
+
+fn default_snapshot_every() -> u64 {
+    10_000
+}
+
+fn default_keep_logs() -> u64 {
+    1_000
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -152,6 +169,9 @@ impl RaftSection {
         }
         if self.election_max_ms <= self.election_min_ms {
             return Err("raft election-max-ms must be above election-min-ms".into());
+        }
+        if self.snapshot_every == 0 {
+            return Err("raft snapshot-every must be at least 1".into());
         }
         Ok(())
     }

@@ -93,10 +93,17 @@ impl LeaseTable {
     /// Adds a job: splits its disks into ranges, all waiting to be leased. Returns the
     /// number of ranges.
     pub fn add_job(&mut self, spec: JobSpec) -> Result<usize, LeaseError> {
+        let range_bytes = self.config.range_bytes;
+        self.add_job_split(spec, range_bytes)
+    }
+
+    /// [`Self::add_job`] with the disks split in ranges of `range_bytes` (a job taken over
+    /// from another leader keeps the split it started with).
+    pub fn add_job_split(&mut self, spec: JobSpec, range_bytes: u64) -> Result<usize, LeaseError> {
         if self.jobs.contains_key(&spec.id) {
             return Err(LeaseError::DuplicateJob(spec.id));
         }
-        let job = RunningJob::new(spec, self.config.range_bytes)?;
+        let job = RunningJob::new(spec, range_bytes)?;
         let total = job.total();
         self.rotation.push_back(job.id().clone());
         self.jobs.insert(job.id().clone(), JobEntry::Running(job));
@@ -200,6 +207,47 @@ impl LeaseTable {
                 Ok(Completion::Accepted { commit, superseded })
             }
         }
+    }
+
+    /// What [`Self::complete`] would answer for `lease` without taking a result: `None`
+    /// if a result would be taken, else why not. Changes nothing.
+    pub fn check_complete(&self, lease: LeaseId) -> Result<Option<Stale>, LeaseError> {
+        if lease.0 == 0 || lease.0 >= self.next_id {
+            return Err(LeaseError::UnknownLease(lease));
+        }
+        let job = self.lease_job.get(&lease).and_then(|id| self.jobs.get(id));
+        Ok(match job {
+            Some(JobEntry::Running(job)) => job.check_complete(lease),
+            _ => Some(Stale::JobEnded),
+        })
+    }
+
+    /// Marks range `index` of disk `disk` of `job` done with `result`, without a lease of
+    /// this table: a result accepted before (by an earlier leader, or by the replicated
+    /// catalog while this table's lease was stale). A lease holding the range is
+    /// superseded. Returns the commit once every range is done; `Ok(None)` also when the
+    /// range already had a result (the first one stands) or the job has ended.
+    pub fn mark_done(
+        &mut self,
+        job: &JobId,
+        disk: usize,
+        index: usize,
+        result: RangeResult,
+    ) -> Result<Option<JobCommit>, LeaseError> {
+        let Some(entry) = self.jobs.get_mut(job) else {
+            return Err(LeaseError::UnknownJob(job.clone()));
+        };
+        let JobEntry::Running(running) = entry else {
+            return Ok(None);
+        };
+        if !running.mark_done(disk, index, result)? {
+            return Ok(None);
+        }
+        let commit = running.take_commit();
+        if commit.is_some() {
+            self.end(job, JobStatus::Committed);
+        }
+        Ok(commit)
     }
 
     /// Reports that `lease`'s worker could not back up its range.

@@ -3,8 +3,8 @@
 //! the cluster mode, two pure (sans-IO) cores: the lease table that hands ranges to
 //! workers (`lease`) and the placement of chunks on storage nodes (`placement`); and the
 //! gRPC service that drives them (`service`, configured by `config`). The replicated
-//! catalog for a cluster of coordinators (`raft`) holds the service's catalog, hosts and
-//! storage membership.
+//! catalog for a cluster of coordinators (`raft`) holds everything durable, jobs and
+//! their ranges' results included (stored as pieces, `range_piece`).
 
 pub mod backup;
 pub mod catalog;
@@ -17,5 +17,6 @@ pub mod live;
 pub use bora_core::placement;
 pub mod planner;
 pub mod raft;
+pub mod range_piece;
 pub mod replica_config;
 pub mod service;

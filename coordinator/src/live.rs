@@ -64,4 +64,14 @@ pub trait LiveVms: Send + Sync {
         full: bool,
         chunk_size: u32,
     ) -> Result<Box<dyn FrozenVm>, String>;
+    /// Cleans up what a backup of `vm` left frozen on `host` when the coordinator that
+    /// froze it is gone (a leader change): as the VM's next backup would, with `latest`,
+    /// the VM's newest committed snapshot, saying which dirty bitmap to keep. Returns what
+    /// was done, for the log.
+    async fn clean_up(
+        &self,
+        host: &HostSpec,
+        vm: &str,
+        latest: Option<&SnapshotMeta>,
+    ) -> Result<Vec<String>, String>;
 }

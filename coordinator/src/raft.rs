@@ -51,7 +51,7 @@ mod tests;
 
 use std::io::Cursor;
 
-pub use catalog::{ClusterStatus, MemberStatus, RaftCatalog, RaftCatalogConfig};
+pub use catalog::{ClusterStatus, LeadershipWatch, MemberStatus, RaftCatalog, RaftCatalogConfig};
 pub use command::{Applied, Command, Outcome, Refusal};
 pub use error::RaftCatalogError;
 pub use state::CatalogState;

@@ -19,14 +19,13 @@
 //!   `AddCoordinator`/`RemoveCoordinator` RPCs); a member with an empty store makes a new
 //!   cluster only when no configured member answers as part of one (`join`);
 //!   `ExportCatalog` and `export` write the catalog back as those data-dir files.
-//! - **Jobs live in the leader's memory** (this step: the next one replicates them). A
-//!   job's id is the id of the snapshot it commits. After a restart, or a leader change,
-//!   every committed snapshot is in the catalog and
-//!   `WaitJob` for a job whose snapshot is there answers COMMITTED with it; for any other
-//!   job this coordinator does not know it answers NOT_FOUND: "job X is unknown to this
-//!   coordinator (it may have restarted); nothing was committed for it". Workers still
-//!   holding leases of the previous run are told those leases ended (lease numbers carry
-//!   an epoch bumped on every start, see `epoch`).
+//! - **Jobs are replicated too**: `StartJob` before a job's ranges are leased, each
+//!   range's result stored as pieces in the storage nodes and then `AcceptRange`, and
+//!   `EndJob` (committed with the snapshot record, failed, cancelled). A job's id is the
+//!   id of the snapshot it commits. The lease table is the leader's memory: a new leader
+//!   (or a restarted single coordinator) takes the running jobs over with the ranges done
+//!   before and leases the rest again (`takeover`); lease numbers carry the leader's
+//!   term, so leases of an earlier leadership are told they ended (see `epoch`).
 //! - **A client disconnecting does not cancel its job**: the job belongs to the
 //!   coordinator until it commits, fails or is cancelled (`CancelJob`).
 //! - **Leases** last `lease-ms`; a worker's heartbeat extends them; a timer driven by the
@@ -39,10 +38,9 @@
 //!   with the VM's latest snapshot as parent. One VM has at most one running job.
 //! - **Membership** is in the replicated catalog; `membership.json` and the config's
 //!   `storage-nodes` only seed a new cluster (see [`crate::config`]).
-//! - **A leader change fails running jobs cleanly**: the old leader's commit proposals
-//!   answer `NotLeader`, so its jobs end FAILED ("commit failed, nothing was committed");
-//!   the new leader does not know them (WaitJob: NOT_FOUND unless committed). Clients
-//!   run the backup again.
+//! - **A leader change costs the leases in flight, nothing else**: clients and workers
+//!   follow the new leader; its `WaitJob` knows the job; ranges that were being read are
+//!   read again; a job whose ranges were all done is committed by the new leader.
 //!
 //! Only `config.listen` is bound. The data directory is locked (`data-dir/lock`) while the
 //! coordinator runs.
@@ -61,6 +59,7 @@ mod probe;
 mod replicated;
 mod state;
 mod storage;
+mod takeover;
 mod wire;
 mod workers;
 
@@ -89,7 +88,7 @@ use crate::config::CoordinatorConfig;
 use crate::lease::{JobCommit, LeaseConfig, LeaseTable};
 use crate::live::LiveVms;
 use crate::raft::network::grpc::RaftService;
-use epoch::Epoch;
+use epoch::{Epoch, Start};
 use state::{Clock, Coordinator, Core};
 
 /// A coordinator listening on its address, not yet serving: [`Self::run`] serves it.
@@ -117,7 +116,7 @@ pub async fn bind(
         source,
     })?;
     let lock = lock_data_dir(dir)?;
-    let epoch = Epoch::next(dir)?;
+    let start = Start::next(dir)?;
     let listener =
         TcpListener::bind(&config.listen)
             .await
@@ -130,12 +129,12 @@ pub async fn bind(
         source,
     })?;
     let raft = replicated::open(config, addr).await?;
-    if config.raft.is_none() {
+    let single_leader = config.raft.is_none()
         // A cluster of one: it leads within a few hundred ms; import before serving, so
         // the first request already sees the data dir's records.
-        if replicated::wait_leader(&raft, std::time::Duration::from_secs(10)).await {
-            replicated::on_leading(&raft, config).await?;
-        }
+        && replicated::wait_leader(&raft, std::time::Duration::from_secs(10)).await;
+    if single_leader {
+        replicated::on_leading(&raft, config).await?;
     }
     let storage = storage::Storage::new(raft.clone(), stores);
     let (commits_tx, commits) = mpsc::unbounded_channel();
@@ -150,7 +149,7 @@ pub async fn bind(
         id: config.id.clone(),
         addr,
         lease_ms: config.lease_ms,
-        epoch,
+        start,
         clock: Clock::new(),
         core: Mutex::new(Core {
             table,
@@ -159,7 +158,10 @@ pub async fn bind(
             workers: BTreeMap::new(),
             next_seq: 0,
             preparing: HashSet::new(),
+            epoch: Epoch::NONE,
+            leading: None,
         }),
+        leadership: watch::Sender::new(None),
         raft,
         live: OnceLock::new(),
         storage,
@@ -168,10 +170,17 @@ pub async fn bind(
         commits: commits_tx,
         stopping: watch::Sender::new(false),
     };
+    let coordinator = Arc::new(coordinator);
+    if single_leader && let Some(term) = coordinator.raft.leadership().term() {
+        // Serve with the jobs taken over (a restart's running jobs go on).
+        if let Err(e) = coordinator.clone().take_over(term).await {
+            warn!(error = %e, "taking over the running jobs; will retry");
+        }
+    }
     Ok(BoundCoordinator {
         listener,
         addr,
-        coordinator: Arc::new(coordinator),
+        coordinator,
         commits,
         lock,
         extra: tonic::service::Routes::default(),
@@ -214,7 +223,7 @@ impl BoundCoordinator {
             extra,
             config,
         } = self;
-        info!(id = %c.id, addr = %addr, epoch = ?c.epoch, "coordinator serving");
+        info!(id = %c.id, addr = %addr, "coordinator serving");
         let mut stopped = c.stopping.subscribe();
         let routes = extra
             .add_service(grpc::CoordinatorService::server(c.clone()))
@@ -237,12 +246,13 @@ impl BoundCoordinator {
             }
             c.stopping.send_replace(true);
         };
-        let (served, (), (), (), ()) = tokio::join!(
+        let (served, (), (), (), (), ()) = tokio::join!(
             served,
             watcher,
             c.clone().run_expiry(),
             run_commits(c.clone(), &mut commits),
-            run_import(c.clone(), config)
+            run_import(c.clone(), config),
+            takeover::run_leadership(c.clone())
         );
         if let Err(e) = c.raft.shutdown().await {
             warn!(error = %e, "stopping the raft member");

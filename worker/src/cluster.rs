@@ -11,8 +11,12 @@
 //!   text; the coordinator retries it, up to its attempt limit.
 //! - **Coordinators** are tried in the order given; when the current one is unreachable
 //!   the next is asked for work; one that is not the Raft leader answers with the
-//!   leader's address (`bora-leader`) and new work is asked from it. Reports about a lease go to the coordinator that granted
-//!   it, retried for a minute while it is unreachable.
+//!   leader's address (`bora-leader`) and new work is asked from it. Reports about a
+//!   lease go to the coordinator that granted it, retried for a minute while it is
+//!   unreachable — with one coordinator. With several, a lease belongs to one leadership:
+//!   once another coordinator answers a lease request, the leases of the others are
+//!   dropped (their work stopped), and a report whose coordinator is gone or no longer
+//!   leads is dropped too; the new leader leases those ranges again.
 //! - **Sources**: an NBD URL (`nbd://`, `nbd+unix://`) or an absolute image path (raw read
 //!   directly, qcow2 through qemu-nbd, as the embedded mode), opened once per job and disk
 //!   and shared by that disk's ranges; closed a minute after the job's last range. With
@@ -129,6 +133,24 @@ impl Context {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Coordinator `c` answered a lease request as the leader: leases granted by any
+    /// other coordinator belong to an earlier leadership and are void (the new leader
+    /// leases their ranges again), so their work stops now instead of being reported in
+    /// vain.
+    fn void_leases_not_of(&self, c: usize) {
+        let stale: Vec<(usize, u64)> = self
+            .active()
+            .keys()
+            .filter(|(k, _)| *k != c)
+            .copied()
+            .collect();
+        for key in stale {
+            if self.end_lease(key) {
+                info!(lease = key.1, coordinator = %self.coordinators.addr(key.0), "lease of an earlier leader dropped; the new leader leases its range again");
+            }
         }
     }
 
@@ -268,7 +290,11 @@ async fn lease_loop(ctx: Arc<Context>) -> Result<(), ClusterError> {
         }
         let c = ctx.coordinators.current();
         let asked = Instant::now();
-        match ctx.lease_from(c).await {
+        let answer = ctx.lease_from(c).await;
+        if answer.is_ok() {
+            ctx.void_leases_not_of(c);
+        }
+        match answer {
             Ok(Some(lease)) => {
                 idle = IDLE_MIN;
                 let key = (c, lease.lease_id);

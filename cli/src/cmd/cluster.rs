@@ -70,6 +70,8 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
         "leader": s.id,
         "term": raft.term,
         "applied": raft.applied,
+        "snapshot": raft.snapshot,
+        "purged": raft.purged,
         "coordinators": coordinators,
         "members": members,
         "ring": {"replicas": s.replicas, "copies": membership.copies(), "nodes": ring},

@@ -326,7 +326,14 @@ async fn start_members(
         let cid = format!("coordinator-{}", i + 1);
         let cdir = data.join(&cid);
         let raft = if plan.coordinators.len() > 1 {
-            format!("\n[raft]\nid = {}\nmembers = {{ {raft_members} }}\n", i + 1)
+            let snapshots = args
+                .raft_snapshot_every
+                .map(|n| format!("snapshot-every = {n}\nkeep-logs = {}\n", n / 2))
+                .unwrap_or_default();
+            format!(
+                "\n[raft]\nid = {}\nmembers = {{ {raft_members} }}\n{snapshots}",
+                i + 1
+            )
         } else {
             String::new()
         };

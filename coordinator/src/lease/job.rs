@@ -311,6 +311,66 @@ impl RunningJob {
         Ok(Accept::Accepted { superseded })
     }
 
+    /// Why [`Self::complete`] would ignore a result of lease `id` (`None`: it would take it).
+    pub(super) fn check_complete(&self, id: LeaseId) -> Option<Stale> {
+        let Some(rec) = self.leases.get(&id) else {
+            return Some(Stale::JobEnded);
+        };
+        let slot = self
+            .disks
+            .get(rec.lease.disk)
+            .and_then(|d| d.ranges.get(rec.lease.index));
+        match slot {
+            None => Some(Stale::JobEnded),
+            Some(s) if matches!(s.state, Slot::Done { .. }) => Some(Stale::RangeDone),
+            Some(_) => match rec.state {
+                LeaseState::Active | LeaseState::Expired => None,
+                LeaseState::Failed => Some(Stale::LeaseFailed),
+                LeaseState::Completed | LeaseState::Superseded => Some(Stale::RangeDone),
+            },
+        }
+    }
+
+    /// Marks a range done without a lease of this table (see
+    /// [`super::LeaseTable::mark_done`]). `false`: it already had a result.
+    pub(super) fn mark_done(
+        &mut self,
+        d: usize,
+        i: usize,
+        result: RangeResult,
+    ) -> Result<bool, LeaseError> {
+        let job = self.id.clone();
+        let Some(disk) = self.disks.get_mut(d) else {
+            return Err(LeaseError::NoSuchRange {
+                job,
+                disk: d,
+                index: i,
+            });
+        };
+        let Some(slot) = disk.ranges.get_mut(i) else {
+            return Err(LeaseError::NoSuchRange {
+                job,
+                disk: d,
+                index: i,
+            });
+        };
+        let holder = match slot.state {
+            Slot::Done { .. } => return Ok(false),
+            Slot::Leased(h) => Some(h),
+            Slot::Pending => None,
+        };
+        // A pending range stays in the queue; it is skipped when popped.
+        slot.state = Slot::Done {
+            lease: LeaseId(0),
+            result,
+        };
+        self.done += 1;
+        if let Some(h) = holder {
+            self.set_state(h, LeaseState::Superseded);
+        }
+        Ok(true)
+    }
+
     /// An active lease's worker gave up on its range.
     pub(super) fn fail(
         &mut self,

@@ -174,6 +174,12 @@ pub enum LeaseError {
     ZeroChunkSize { job: JobId, disk: String },
     #[error("unknown job {0}")]
     UnknownJob(JobId),
+    #[error("job {job} has no range {index} of disk {disk}")]
+    NoSuchRange {
+        job: JobId,
+        disk: usize,
+        index: usize,
+    },
     #[error("lease {0} was never handed out")]
     UnknownLease(LeaseId),
     #[error("lease {lease} belongs to worker {owner}, not {worker}")]

@@ -215,6 +215,14 @@ impl RaftCatalog {
         Err(self.locate_leader(RaftCatalogError::NotLeader { leader: None }))
     }
 
+    /// Watches whether this member leads, and in which term.
+    pub fn leadership(&self) -> LeadershipWatch {
+        LeadershipWatch {
+            rx: self.raft.metrics(),
+            id: self.id,
+        }
+    }
+
     /// Reads this member's applied state as it is: possibly behind the leader.
     pub fn read_local<T>(&self, f: impl FnOnce(&CatalogState) -> T) -> T {
         f(&self.state.read().state)
@@ -418,5 +426,25 @@ impl RaftCatalog {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+}
+
+/// Whether a member leads, and in which term ([`RaftCatalog::leadership`]).
+pub struct LeadershipWatch {
+    rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Node>>,
+    id: NodeId,
+}
+
+impl LeadershipWatch {
+    /// The term this member now leads in; `None` if it does not lead.
+    pub fn term(&mut self) -> Option<u64> {
+        let m = self.rx.borrow_and_update();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.id))
+            .then_some(m.current_term)
+    }
+
+    /// Waits for any change of the member's state; `false` once it has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use bora_core::Digest;
 use bora_core::host::HostSpec;
-use bora_core::snapshot::{DiskStats, SnapshotMeta};
+use bora_core::snapshot::{CbtRecord, DiskStats, SnapshotMeta};
 
 /// One change to the catalog.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +75,15 @@ pub struct JobStart {
     /// The hypervisor host the disks are read from.
     pub host: String,
     pub disks: Vec<JobDisk>,
+    /// The range size the disks were split with (`ranges` of each disk is
+    /// `planner::split_disk(size, chunk_size, range_bytes)`), so a new leader splits them
+    /// the same way whatever its own config says. 0: unknown (older entries).
+    #[serde(default)]
+    pub range_bytes: u64,
+    /// A live VM frozen by the leader that started the job: when the job ends under
+    /// another leader, that one cleans up the VM's freeze.
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// One disk of a job. `ranges` is computed by the proposer (`planner::split_disk` with its
@@ -87,6 +96,15 @@ pub struct JobDisk {
     /// Image path or NBD URL the workers read.
     pub source: String,
     pub ranges: u32,
+    /// Incremental: the dirty bitmap the source exposes…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<String>,
+    /// …and the parent snapshot whose index the changed chunks are laid over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Recorded with the disk in the snapshot (`None`: the mode the job ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cbt: Option<CbtRecord>,
 }
 
 /// The accepted result of one range: who produced it and where its chunk entries are.

@@ -42,6 +42,12 @@ pub struct JobState {
     pub status: JobStatus,
     /// Order in which the job ended (for forgetting the oldest); `None` while running.
     pub ended: Option<u64>,
+    /// As [`JobStart::range_bytes`].
+    #[serde(default)]
+    pub range_bytes: u64,
+    /// As [`JobStart::live`].
+    #[serde(default)]
+    pub live: bool,
     /// `(disk, range index)` → the result accepted for it.
     #[serde(with = "range_map")]
     pub done: BTreeMap<(u32, u32), RangeDone>,
@@ -334,6 +340,8 @@ impl CatalogState {
             disks: start.disks.clone(),
             status: JobStatus::Running,
             ended: None,
+            range_bytes: start.range_bytes,
+            live: start.live,
             done: BTreeMap::new(),
         };
         let ranges = job.total();

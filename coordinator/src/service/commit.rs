@@ -1,16 +1,18 @@
 //! Committing a job: each disk's index is built from its ranges' results and stored
 //! through the chunk store of the current membership ([`crate::backup::finish_disk`], as
-//! the embedded mode does), then the snapshot record goes into the catalog with the VM's
-//! latest snapshot as its parent. A full read reports every chunk; an incremental reports
-//! the changed ones, laid over the parent's index loaded when the job started.
+//! the embedded mode does), then `EndJob { Committed }` commits the snapshot record in the
+//! replicated catalog with the VM's latest snapshot as its parent. A full read reports
+//! every chunk; an incremental reports the changed ones, laid over the parent's index
+//! loaded when the job started.
 //!
-//! The catalog is the replicated one (`crate::raft`): it is written in one place,
-//! [`Coordinator::commit_record`], for job commits and for the `CommitSnapshot` RPC alike
-//! (and forgotten from by `ForgetSnapshots`); reads go through here too, linearizably.
-//! A job whose commit is proposed after this coordinator lost the leadership fails
-//! cleanly ("commit failed, nothing was committed": the proposal answers `NotLeader`).
+//! The catalog is the replicated one (`crate::raft`): snapshot records are written by a
+//! job's `EndJob`, by [`Coordinator::commit_record`] (the `CommitSnapshot` RPC and the
+//! import) and forgotten by `ForgetSnapshots`; reads go through here too, linearizably.
+//! A job whose commit is proposed after this coordinator lost the leadership stays
+//! running in the catalog: the new leader takes it over and commits it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{Instrument, info, info_span, warn};
 
@@ -24,7 +26,9 @@ use super::state::Coordinator;
 use crate::backup::{BackupError, DiskOutcome, finish_disk};
 use crate::catalog::CatalogError;
 use crate::lease::JobCommit;
-use crate::raft::command::{Applied, Command, Parent};
+use crate::lease::JobId;
+use crate::raft::command::{Applied, Command, JobEnd, JobStatus as ReplicatedStatus, Parent};
+use crate::raft::{RaftCatalogError, Refusal};
 
 /// Why a job's commit failed. Nothing is committed when this happens.
 #[derive(Debug, thiserror::Error)]
@@ -39,19 +43,71 @@ impl Coordinator {
     /// Commits a job whose ranges are all done, and ends it (committed or failed).
     pub(super) async fn commit_job(self: Arc<Self>, commit: JobCommit) {
         let job = commit.job.clone();
-        let outcome = self.try_commit(commit).await;
-        let mut core = self.core();
-        match outcome {
-            Ok(snapshot_json) => core.set_phase(&job, Phase::Committed { snapshot_json }),
+        match self.try_commit(commit).await {
+            Ok(snapshot_json) => self
+                .core()
+                .set_phase(&job, Phase::Committed { snapshot_json }),
+            // The job is still running in the catalog: the new leader commits it.
+            Err(CommitError::Request(RequestError::Raft(RaftCatalogError::NotLeader {
+                ..
+            }))) => {
+                info!(job = %job, "lost the leadership while committing; the new leader commits the job");
+            }
+            Err(CommitError::Request(RequestError::Raft(RaftCatalogError::Refused(
+                Refusal::JobEnded { status, .. },
+            )))) => {
+                info!(job = %job, ?status, "the job ended before this commit");
+                let phase = self.ended_phase(&job, status).await;
+                self.core().set_phase(&job, phase);
+            }
             Err(e) => {
                 warn!(job = %job, error = %e, "commit failed; nothing was committed");
-                core.set_phase(
-                    &job,
-                    Phase::Failed {
-                        error: format!("commit failed, nothing was committed: {e}"),
-                    },
-                );
+                self.end_job(job, format!("commit failed, nothing was committed: {e}"))
+                    .await;
             }
+        }
+    }
+
+    /// Ends a job as failed: proposed to the replicated catalog (retried while this
+    /// coordinator leads and the catalog cannot answer), then shown to clients. A new
+    /// leader takes the job over instead if this one stops leading first.
+    pub(super) async fn end_job(self: Arc<Self>, job: JobId, error: String) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let end = Command::EndJob {
+                job: job.0.clone(),
+                end: JobEnd::Failed {
+                    error: error.clone(),
+                },
+            };
+            match self.raft.propose(end).await {
+                Ok(_) => {
+                    self.core().set_phase(&job, Phase::Failed { error });
+                    return;
+                }
+                Err(RaftCatalogError::Refused(Refusal::JobEnded { status, .. })) => {
+                    let phase = self.ended_phase(&job, status).await;
+                    self.core().set_phase(&job, phase);
+                    return;
+                }
+                Err(RaftCatalogError::Refused(r)) => {
+                    warn!(job = %job, refusal = %r, "ending the job was refused");
+                    self.core().set_phase(&job, Phase::Failed { error });
+                    return;
+                }
+                Err(RaftCatalogError::NotLeader { .. }) => {
+                    info!(job = %job, "lost the leadership; the new leader takes the job over");
+                    return;
+                }
+                Err(e) => {
+                    warn!(job = %job, error = %e, "recording the job's failure; will retry");
+                }
+            }
+            if *self.stopping.borrow() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -110,19 +166,30 @@ impl Coordinator {
                 }));
                 disks.push(snap);
             }
-            let meta = self
-                .commit_record(
-                    SnapshotMeta {
-                        format: SNAPSHOT_FORMAT_VERSION,
-                        id,
-                        vm: vm.clone(),
-                        time: now_rfc3339(),
-                        parent: None,
-                        disks,
-                    },
-                    Parent::Latest,
-                )
-                .await?;
+            let meta = SnapshotMeta {
+                format: SNAPSHOT_FORMAT_VERSION,
+                id,
+                vm: vm.clone(),
+                time: now_rfc3339(),
+                parent: None,
+                disks,
+            };
+            let end = Command::EndJob {
+                job: commit.job.0.clone(),
+                end: JobEnd::Committed { meta },
+            };
+            let meta = match self.raft.propose(end).await.map_err(RequestError::from)? {
+                Applied::JobEnded {
+                    snapshot: Some(meta),
+                    ..
+                } => meta,
+                other => {
+                    return Err(RequestError::Internal(format!(
+                        "a job commit was applied as {other:?}"
+                    ))
+                    .into());
+                }
+            };
             info!(parent = ?meta.parent.as_ref().map(SnapshotId::as_str), "snapshot committed");
             serde_json::to_string(&meta).map_err(|e| {
                 RequestError::Internal(format!("encoding snapshot {}: {e}", meta.id)).into()
@@ -211,5 +278,31 @@ impl Coordinator {
                 CatalogError::NotFound { vm, id }.into()
             }
         })
+    }
+}
+
+impl Coordinator {
+    /// How a job that ended in the replicated catalog shows to clients; a committed one
+    /// with its snapshot (committed by another proposal of this job, e.g. an earlier
+    /// leadership's).
+    pub(super) async fn ended_phase(&self, job: &JobId, status: ReplicatedStatus) -> Phase {
+        match status {
+            ReplicatedStatus::Failed { error } => Phase::Failed { error },
+            ReplicatedStatus::Cancelled => Phase::Cancelled,
+            ReplicatedStatus::Running => Phase::Running,
+            ReplicatedStatus::Committed => {
+                let meta = self
+                    .raft
+                    .read(|s| s.list(None).into_iter().find(|m| m.id.as_str() == job.0))
+                    .await;
+                match meta.map(|m| m.map(|m| serde_json::to_string(&m))) {
+                    Ok(Some(Ok(snapshot_json))) => Phase::Committed { snapshot_json },
+                    _ => Phase::Failed {
+                        error: "committed, but its snapshot cannot be read now; see bora snapshots"
+                            .into(),
+                    },
+                }
+            }
+        }
     }
 }

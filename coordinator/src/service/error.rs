@@ -105,7 +105,9 @@ pub fn to_status(e: RequestError) -> Status {
         | RequestError::Committing(_)
         | RequestError::NoStorageNodes => Status::failed_precondition(msg),
         RequestError::Lease(l) => match l {
-            LeaseError::UnknownJob(_) | LeaseError::UnknownLease(_) => Status::not_found(msg),
+            LeaseError::UnknownJob(_)
+            | LeaseError::UnknownLease(_)
+            | LeaseError::NoSuchRange { .. } => Status::not_found(msg),
             LeaseError::WrongWorker { .. } => Status::permission_denied(msg),
             LeaseError::DuplicateJob(_) => Status::already_exists(msg),
             LeaseError::NoDisks(_)

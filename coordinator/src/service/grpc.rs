@@ -157,7 +157,7 @@ impl CoordinatorRpc for CoordinatorService {
             self.c.leading()?;
             let mut req = JobRequest::try_from(request.into_inner())?;
             self.c.load_bases(&mut req).await?;
-            let job = self.c.start_backup(req)?;
+            let job = self.c.start_backup(req, false).await?;
             Ok(pb::StartBackupResponse { job: job.0 })
         };
         answer(r.await)
@@ -170,8 +170,9 @@ impl CoordinatorRpc for CoordinatorService {
         let r = request.into_inner();
         let r = async {
             check_name("vm", &r.vm).map_err(RequestError::Invalid)?;
+            let id = wire::chosen_job_id(&r.job)?;
             self.c.leading()?;
-            let job = self.c.clone().backup_vm(r.vm, r.full).await?;
+            let job = self.c.clone().backup_vm(r.vm, r.full, id).await?;
             Ok(pb::StartBackupResponse { job: job.0 })
         };
         answer(r.await)
@@ -245,14 +246,12 @@ impl CoordinatorRpc for CoordinatorService {
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Answer<pb::JobStatus> {
-        answer(
-            wire::job_id(&request.into_inner().job)
-                .and_then(|job| {
-                    self.c.leading()?;
-                    self.c.cancel_job(&job)
-                })
-                .map(pb::JobStatus::from),
-        )
+        let r = async {
+            let job = wire::job_id(&request.into_inner().job)?;
+            self.c.leading()?;
+            self.c.cancel_job(&job).await.map(pb::JobStatus::from)
+        };
+        answer(r.await)
     }
 
     async fn lease(&self, request: Request<pb::LeaseRequest>) -> Answer<pb::LeaseResponse> {
@@ -288,11 +287,12 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         request: Request<pb::CompleteRangeRequest>,
     ) -> Answer<pb::CompleteRangeResponse> {
-        answer(
-            RangeReport::try_from(request.into_inner())
-                .and_then(|report| self.c.complete(report))
-                .map(|accepted| pb::CompleteRangeResponse { accepted }),
-        )
+        let r = async {
+            let report = RangeReport::try_from(request.into_inner())?;
+            let accepted = self.c.complete(report).await?;
+            Ok(pb::CompleteRangeResponse { accepted })
+        };
+        answer(r.await)
     }
 
     async fn fail_range(

@@ -1,10 +1,12 @@
 //! Backup jobs: started by a client, split into ranges by the lease table, watched by long
 //! polls, ended by a commit, a failure or a cancel.
 //!
-//! A job's id is the id of the snapshot it commits. Jobs live in memory only; a client
-//! that goes away does not cancel its job (it belongs to the coordinator until it ends).
-//! After a restart a job is unknown unless its snapshot is in the catalog: then `WaitJob`
-//! answers with the committed snapshot.
+//! A job's id is the id of the snapshot it commits. Jobs are replicated: a job starts,
+//! each range's result is accepted and the job ends through commands of the replicated
+//! catalog (`StartJob`, `AcceptRange`, `EndJob`), so a new leader takes the running jobs
+//! over (see `takeover`). The lease table and the watch channels of long polls are the
+//! leader's memory. A client that goes away does not cancel its job (it belongs to the
+//! cluster until it ends).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,10 @@ use bora_core::{ByteRange, Digest};
 use super::error::RequestError;
 use super::state::{Coordinator, Core, KEEP_ENDED_JOBS};
 use crate::lease::{CancelOutcome, DiskSpec, JobId, JobSpec, JobStatus};
+use crate::planner::split_disk;
+use crate::raft::command::{Command, JobDisk, JobEnd, JobStart, JobStatus as ReplicatedStatus};
+use crate::raft::state::JobState;
+use crate::raft::{RaftCatalogError, Refusal};
 
 /// One disk of a job: where workers read it and how large it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,34 +153,14 @@ impl Core {
         }
     }
 
-    /// The running job of `vm`, if any.
-    pub(super) fn running_job_of(&self, vm: &str) -> Option<JobId> {
-        self.jobs
-            .iter()
-            .find(|(_, r)| r.vm == vm && !r.view.borrow().phase.is_ended())
-            .map(|(id, _)| id.clone())
-    }
-}
-
-impl Coordinator {
-    /// Starts a full backup job; its ranges wait for workers.
-    pub(super) fn start_backup(&self, req: JobRequest) -> Result<JobId, RequestError> {
-        if self.storage.is_empty() {
-            return Err(RequestError::NoStorageNodes);
-        }
-        let job = JobId(
-            req.id
-                .clone()
-                .unwrap_or_else(SnapshotId::random)
-                .to_string(),
-        );
-        let mut core = self.core();
-        if let Some(running) = core.running_job_of(&req.vm) {
-            return Err(RequestError::VmBusy {
-                vm: req.vm,
-                job: running,
-            });
-        }
+    /// Puts a started job in the lease table (its disks split in ranges of
+    /// `range_bytes`) with its record. Returns the number of ranges.
+    pub(super) fn add_running(
+        &mut self,
+        job: JobId,
+        req: JobRequest,
+        range_bytes: u64,
+    ) -> Result<usize, RequestError> {
         let spec = JobSpec {
             id: job.clone(),
             host: req.host.clone(),
@@ -188,9 +174,9 @@ impl Coordinator {
                 })
                 .collect(),
         };
-        let total = core.table.add_job(spec)?;
-        let seq = core.next_seq;
-        core.next_seq += 1;
+        let total = self.table.add_job_split(spec, range_bytes)?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let (view, _) = watch::channel(JobView {
             job: job.clone(),
             vm: req.vm.clone(),
@@ -202,8 +188,8 @@ impl Coordinator {
             job = %job, vm = %req.vm, host = %req.host, disks = req.disks.len(),
             ranges = total, "job started"
         );
-        core.jobs.insert(
-            job.clone(),
+        self.jobs.insert(
+            job,
             JobRecord {
                 seq,
                 vm: req.vm,
@@ -213,6 +199,91 @@ impl Coordinator {
                 view,
             },
         );
+        Ok(total)
+    }
+
+    /// The running job of `vm`, if any.
+    pub(super) fn running_job_of(&self, vm: &str) -> Option<JobId> {
+        self.jobs
+            .iter()
+            .find(|(_, r)| r.vm == vm && !r.view.borrow().phase.is_ended())
+            .map(|(id, _)| id.clone())
+    }
+}
+
+impl Coordinator {
+    /// Starts a backup job: proposed to the replicated catalog, then its ranges wait for
+    /// workers. A request naming the id of a job that already exists for the same VM (a
+    /// client retrying after a lost answer or a leader change) gets that job back.
+    pub(super) async fn start_backup(
+        &self,
+        req: JobRequest,
+        live: bool,
+    ) -> Result<JobId, RequestError> {
+        if self.storage.is_empty() {
+            return Err(RequestError::NoStorageNodes);
+        }
+        let job = JobId(
+            req.id
+                .clone()
+                .unwrap_or_else(SnapshotId::random)
+                .to_string(),
+        );
+        let range_bytes = {
+            let core = self.core();
+            if core.jobs.get(&job).is_some_and(|r| r.vm == req.vm) {
+                return Ok(job);
+            }
+            if let Some(running) = core.running_job_of(&req.vm) {
+                return Err(RequestError::VmBusy {
+                    vm: req.vm,
+                    job: running,
+                });
+            }
+            core.table.config().range_bytes
+        };
+        let start = job_start(&job, &req, range_bytes, live)?;
+        match self.raft.propose(Command::StartJob(start)).await {
+            Ok(_) => {}
+            Err(RaftCatalogError::Refused(Refusal::DuplicateJob { .. })) => {
+                // Started (or even ended) by an earlier try of this request: WaitJob tells.
+                let same_vm = self
+                    .raft
+                    .read(|s| {
+                        s.jobs
+                            .get(&job.0)
+                            .map(|j| j.vm == req.vm)
+                            .unwrap_or_else(|| {
+                                s.list(Some(&req.vm)).iter().any(|m| m.id.as_str() == job.0)
+                            })
+                    })
+                    .await?;
+                if same_vm {
+                    return Ok(job);
+                }
+                return Err(RequestError::Invalid(format!(
+                    "job id {job} is taken by another VM's job or snapshot"
+                )));
+            }
+            Err(RaftCatalogError::Refused(Refusal::VmBusy { vm, job })) => {
+                return Err(RequestError::VmBusy {
+                    vm,
+                    job: JobId(job),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut core = self.core();
+        if core.jobs.contains_key(&job) {
+            return Ok(job);
+        }
+        if core.leading.is_none() {
+            // The new leader takes the job over; the client's retry finds it there.
+            return Err(RequestError::Unavailable(format!(
+                "job {job} started, but this coordinator stopped leading; retry"
+            )));
+        }
+        core.add_running(job.clone(), req, range_bytes)?;
         self.work.notify_waiters();
         Ok(job)
     }
@@ -254,7 +325,9 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Waits up to `timeout` for `job` to end; returns its status then.
+    /// Waits up to `timeout` for `job` to end; returns its status then. If this
+    /// coordinator stops leading meanwhile, the answer is the redirect to the new leader
+    /// (which has taken the job over).
     pub(super) async fn wait_job(
         &self,
         job: &JobId,
@@ -262,70 +335,121 @@ impl Coordinator {
     ) -> Result<JobView, RequestError> {
         let rx = self.core().jobs.get(job).map(|r| r.view.subscribe());
         let Some(mut rx) = rx else {
-            return self.committed_before(job).await;
+            return self.ended_before(job).await;
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut stopping = self.stopping.subscribe();
+        let mut leadership = self.leadership.subscribe();
+        let term = *leadership.borrow_and_update();
         loop {
             if rx.borrow_and_update().phase.is_ended() || *stopping.borrow_and_update() {
                 break;
+            }
+            if *leadership.borrow_and_update() != term {
+                self.leading()?;
+                return Err(RequestError::Unavailable(format!(
+                    "job {job}: the leadership changed; ask again"
+                )));
             }
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { break },
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = stopping.changed() => {}
+                _ = leadership.changed() => {}
             }
         }
         let view = rx.borrow().clone();
+        if !view.phase.is_ended() && *leadership.borrow() != term {
+            self.leading()?;
+        }
         Ok(view)
     }
 
-    /// A job this coordinator does not know: committed if its snapshot is in the catalog
-    /// (committed before a restart), unknown otherwise.
-    async fn committed_before(&self, job: &JobId) -> Result<JobView, RequestError> {
+    /// A job this leader has no record of: ended before (under an earlier leader, or
+    /// forgotten from the records kept), as the replicated catalog says.
+    async fn ended_before(&self, job: &JobId) -> Result<JobView, RequestError> {
         if job.0.parse::<SnapshotId>().is_err() {
             return Err(RequestError::UnknownJob(job.clone()));
         }
-        let found = self
-            .catalog_list(None)
-            .await?
-            .into_iter()
-            .find(|m| m.id.as_str() == job.0);
-        let meta = found.ok_or_else(|| RequestError::UnknownJob(job.clone()))?;
-        let snapshot_json = serde_json::to_string(&meta)
-            .map_err(|e| RequestError::Internal(format!("encoding snapshot {job}: {e}")))?;
-        Ok(JobView {
+        let (state, meta) = self
+            .raft
+            .read(|s| {
+                let state = s.jobs.get(&job.0).cloned();
+                let meta = s.list(None).into_iter().find(|m| m.id.as_str() == job.0);
+                (state, meta)
+            })
+            .await?;
+        let view = |vm: String, phase| JobView {
             job: job.clone(),
-            vm: meta.vm,
-            phase: Phase::Committed { snapshot_json },
+            vm,
+            phase,
             done: 0,
             total: 0,
-        })
+        };
+        if let Some(meta) = meta {
+            let snapshot_json = serde_json::to_string(&meta)
+                .map_err(|e| RequestError::Internal(format!("encoding snapshot {job}: {e}")))?;
+            return Ok(view(meta.vm, Phase::Committed { snapshot_json }));
+        }
+        let Some(state) = state else {
+            return Err(RequestError::UnknownJob(job.clone()));
+        };
+        let phase = match state.status {
+            ReplicatedStatus::Failed { error } => Phase::Failed { error },
+            ReplicatedStatus::Cancelled => Phase::Cancelled,
+            ReplicatedStatus::Committed => Phase::Failed {
+                error: "committed, but its snapshot has been forgotten since (bora prune)".into(),
+            },
+            ReplicatedStatus::Running => {
+                return Err(RequestError::Unavailable(format!(
+                    "job {job} is being taken over by this leader; ask again"
+                )));
+            }
+        };
+        Ok(view(state.vm, phase))
     }
 
-    /// Ends a running job without a commit; an ended job's status is returned as it is.
-    pub(super) fn cancel_job(&self, job: &JobId) -> Result<JobView, RequestError> {
-        let mut core = self.core();
-        let phase = match core.jobs.get(job) {
-            Some(rec) => rec.view.borrow().phase.clone(),
-            None => return Err(RequestError::UnknownJob(job.clone())),
+    /// Ends a running job without a commit (proposed to the replicated catalog first); an
+    /// ended job's status is returned as it is.
+    pub(super) async fn cancel_job(&self, job: &JobId) -> Result<JobView, RequestError> {
+        let phase = self
+            .core()
+            .jobs
+            .get(job)
+            .map(|rec| rec.view.borrow().phase.clone());
+        let Some(phase) = phase else {
+            return self.ended_before(job).await;
         };
         match phase {
             Phase::Committing => return Err(RequestError::Committing(job.clone())),
             Phase::Running => {
-                if let CancelOutcome::Cancelled { released } = core.table.cancel(job)? {
-                    info!(job = %job, released = released.len(), "job cancelled");
+                let end = Command::EndJob {
+                    job: job.0.clone(),
+                    end: JobEnd::Cancelled,
+                };
+                match self.raft.propose(end).await {
+                    Ok(_) => {
+                        let mut core = self.core();
+                        if let CancelOutcome::Cancelled { released } = core.table.cancel(job)? {
+                            info!(job = %job, released = released.len(), "job cancelled");
+                        }
+                        core.set_phase(job, Phase::Cancelled);
+                        drop(core);
+                        // Its other jobs' ranges may now fit the per-host limit.
+                        self.work.notify_waiters();
+                    }
+                    // Ended meanwhile (committed or failed): its status says how.
+                    Err(RaftCatalogError::Refused(Refusal::JobEnded { .. })) => {}
+                    Err(e) => return Err(e.into()),
                 }
-                core.set_phase(job, Phase::Cancelled);
-                // Its other jobs' ranges may now fit the per-host limit.
-                self.work.notify_waiters();
             }
             _ => {}
         }
-        core.jobs
-            .get(job)
-            .map(|r| r.view.borrow().clone())
-            .ok_or_else(|| RequestError::UnknownJob(job.clone()))
+        let view = self.core().jobs.get(job).map(|r| r.view.borrow().clone());
+        match view {
+            Some(v) => Ok(v),
+            None => self.ended_before(job).await,
+        }
     }
 
     /// Every job this coordinator knows, in start order.
@@ -339,4 +463,78 @@ impl Coordinator {
         jobs.sort_by_key(|(seq, _)| *seq);
         jobs.into_iter().map(|(_, v)| v).collect()
     }
+}
+
+/// The replicated record of a job about to start: its disks with their range counts (as
+/// the lease table will split them) and what a new leader needs to go on with it.
+fn job_start(
+    job: &JobId,
+    req: &JobRequest,
+    range_bytes: u64,
+    live: bool,
+) -> Result<JobStart, RequestError> {
+    let disks = req
+        .disks
+        .iter()
+        .map(|d| {
+            let ranges = split_disk(d.size, req.chunk_size, range_bytes).len();
+            let ranges = u32::try_from(ranges).map_err(|_| {
+                RequestError::Invalid(format!(
+                    "disk {} has {ranges} ranges; use larger ranges (range-bytes)",
+                    d.name
+                ))
+            })?;
+            Ok(JobDisk {
+                name: d.name.clone(),
+                size: d.size,
+                chunk_size: req.chunk_size,
+                source: d.source.clone(),
+                ranges,
+                bitmap: d.incremental.as_ref().map(|i| i.bitmap.clone()),
+                parent: d.incremental.as_ref().map(|i| i.parent.clone()),
+                cbt: d.cbt.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, RequestError>>()?;
+    Ok(JobStart {
+        id: job.0.clone(),
+        vm: req.vm.clone(),
+        host: req.host.clone(),
+        disks,
+        range_bytes,
+        live,
+    })
+}
+
+/// A replicated job's request as the lease table and the commit need it (incremental
+/// disks without their bases: [`Coordinator::load_bases`] loads them).
+pub(super) fn job_request(id: &str, job: &JobState) -> Result<JobRequest, RequestError> {
+    let chunk_size = job.disks.first().map_or(0, |d| d.chunk_size);
+    let id = id
+        .parse::<SnapshotId>()
+        .map_err(|e| RequestError::Internal(format!("job id {id:?}: {e}")))?;
+    Ok(JobRequest {
+        vm: job.vm.clone(),
+        host: job.host.clone(),
+        chunk_size,
+        disks: job
+            .disks
+            .iter()
+            .map(|d| DiskSource {
+                name: d.name.clone(),
+                source: d.source.clone(),
+                size: d.size,
+                incremental: match (&d.bitmap, &d.parent) {
+                    (Some(bitmap), Some(parent)) => Some(Incremental {
+                        bitmap: bitmap.clone(),
+                        parent: parent.clone(),
+                        base: None,
+                    }),
+                    _ => None,
+                },
+                cbt: d.cbt.clone(),
+            })
+            .collect(),
+        id: Some(id),
+    })
 }

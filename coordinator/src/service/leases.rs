@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{Span, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use bora_core::job::RangeResult;
 use bora_core::snapshot::DiskStats;
@@ -17,8 +17,12 @@ use super::error::RequestError;
 use super::jobs::Phase;
 use super::state::{Coordinator, Core};
 use crate::lease::{
-    Completion, FailOutcome, Heartbeat, JobFailure, JobId, Lease, LeaseError, Retry, WorkerId,
+    Completion, FailOutcome, Heartbeat, JobFailure, JobId, Lease, LeaseError, Retry, Stale,
+    WorkerId,
 };
+use crate::raft::command::{Command, RangeDone};
+use crate::raft::{RaftCatalogError, Refusal};
+use crate::range_piece;
 
 /// A range handed to a worker, with what it needs to read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,20 +110,17 @@ fn check_entries(
     Ok(out)
 }
 
-impl Core {
-    /// A job failed after a range used its last attempt.
-    fn job_failed(&mut self, failure: &JobFailure) {
+impl Coordinator {
+    /// A job failed after a range used its last attempt: its end is proposed to the
+    /// replicated catalog (the lease table has already released its leases).
+    fn job_failed(self: &Arc<Self>, failure: &JobFailure) {
         warn!(job = %failure.job, error = %failure, "job failed; nothing is committed");
-        self.set_phase(
-            &failure.job,
-            Phase::Failed {
-                error: failure.to_string(),
-            },
+        tokio::spawn(
+            self.clone()
+                .end_job(failure.job.clone(), failure.to_string()),
         );
     }
-}
 
-impl Coordinator {
     /// The next range for `worker`, if any job has one waiting.
     pub(super) fn lease(
         &self,
@@ -132,7 +133,7 @@ impl Coordinator {
         let Some(lease) = core.table.lease(worker, now) else {
             return Ok(None);
         };
-        let wire = self.epoch.wire(lease.id);
+        let wire = core.epoch.wire(lease.id);
         let span = range_span(&core, &lease, wire);
         let _in = span.enter();
         let rec = core.jobs.get(&lease.job);
@@ -179,8 +180,8 @@ impl Coordinator {
         core.touch(worker, peer, now);
         let mut ended = Vec::new();
         for &wire in leases {
-            let Some(id) = self.epoch.local(wire) else {
-                debug!(worker = %worker, lease = wire, "lease of an earlier coordinator run");
+            let Some(id) = core.epoch.local(wire) else {
+                debug!(worker = %worker, lease = wire, "lease of another leadership");
                 ended.push(wire);
                 continue;
             };
@@ -199,93 +200,156 @@ impl Coordinator {
         ended
     }
 
-    /// Takes a range's result. `false`: it changed nothing (the range already had one,
-    /// the job ended, or the lease is from before a restart).
-    pub(super) fn complete(&self, report: RangeReport) -> Result<bool, RequestError> {
+    /// Takes a range's result: its entries are stored as pieces and the range is
+    /// accepted in the replicated catalog (the first result of a range wins there), then
+    /// in the lease table. `false`: it changed nothing (the range already had a result,
+    /// the job ended, or the lease is another leadership's).
+    pub(super) async fn complete(
+        self: &Arc<Self>,
+        report: RangeReport,
+    ) -> Result<bool, RequestError> {
         let now = self.clock.now_ms();
-        let mut core = self.core();
-        core.touch(&report.worker, None, now);
-        let Some(id) = self.epoch.local(report.lease) else {
-            info!(worker = %report.worker, lease = report.lease, "result for a lease of an earlier coordinator run ignored");
-            return Ok(false);
-        };
-        let Some(lease) = core.table.get_lease(id).cloned() else {
-            // The job has ended (ignored) or the lease never existed (an error): the
-            // table tells which, and takes no result in either case.
-            return match core.table.complete(id, RangeResult::default())? {
-                Completion::Ignored(_) => Ok(false),
-                Completion::Accepted { .. } => Err(RequestError::Internal(format!(
-                    "lease {} of no running job was accepted",
-                    report.lease
-                ))),
-            };
-        };
-        if lease.worker != report.worker {
-            return Err(LeaseError::WrongWorker {
-                lease: id,
-                owner: lease.worker,
-                worker: report.worker,
-            }
-            .into());
-        }
-        let span = range_span(&core, &lease, report.lease);
-        let _in = span.enter();
-        let (chunk_size, incremental) = core
-            .jobs
-            .get(&lease.job)
-            .map(|r| {
-                let inc = r
-                    .disks
-                    .get(lease.disk)
-                    .is_some_and(|d| d.incremental.is_some());
-                (r.chunk_size, inc)
-            })
-            .ok_or_else(|| RequestError::Internal(format!("no record of job {}", lease.job)))?;
-        let entries = check_entries(
-            report.lease,
-            report.entries,
-            lease.range,
-            chunk_size,
-            incremental,
-        )?;
-        let result = RangeResult {
+        let RangeReport {
+            lease: wire,
+            worker,
             entries,
-            stats: report.stats,
-        };
-        match core.table.complete(id, result)? {
-            Completion::Ignored(why) => {
+            stats,
+        } = report;
+        let (id, lease, entries, span) = {
+            let mut core = self.core();
+            core.touch(&worker, None, now);
+            let Some(id) = core.epoch.local(wire) else {
+                info!(worker = %worker, lease = wire, "result for a lease of another leadership ignored");
+                return Ok(false);
+            };
+            let Some(lease) = core.table.get_lease(id).cloned() else {
+                // The job has ended (ignored) or the lease never existed (an error): the
+                // table tells which, and takes no result in either case.
+                return match core.table.check_complete(id)? {
+                    Some(_) => Ok(false),
+                    None => Err(RequestError::Internal(format!(
+                        "lease {wire} of no running job would be accepted"
+                    ))),
+                };
+            };
+            if lease.worker != worker {
+                return Err(LeaseError::WrongWorker {
+                    lease: id,
+                    owner: lease.worker,
+                    worker,
+                }
+                .into());
+            }
+            let span = range_span(&core, &lease, wire);
+            let _in = span.enter();
+            let (chunk_size, incremental) = core
+                .jobs
+                .get(&lease.job)
+                .map(|r| {
+                    let inc = r
+                        .disks
+                        .get(lease.disk)
+                        .is_some_and(|d| d.incremental.is_some());
+                    (r.chunk_size, inc)
+                })
+                .ok_or_else(|| RequestError::Internal(format!("no record of job {}", lease.job)))?;
+            let entries = check_entries(wire, entries, lease.range, chunk_size, incremental)?;
+            if let Some(why) = core.table.check_complete(id)? {
                 info!(?why, "late result ignored; the range's first result stands");
-                Ok(false)
+                return Ok(false);
+            }
+            drop(_in);
+            (id, lease, entries, span)
+        };
+        let accepted = self
+            .accept_range(&lease, wire, &worker, &entries, &stats)
+            .instrument(span.clone())
+            .await?;
+        let _in = span.enter();
+        if !accepted {
+            info!("the replicated catalog has another result for the range; it stands");
+            return Ok(false);
+        }
+        let result = RangeResult { entries, stats };
+        let mut core = self.core();
+        let commit = match core.table.complete(id, result.clone())? {
+            Completion::Ignored(Stale::JobEnded) => {
+                info!("the job ended while its range was accepted");
+                return Ok(false);
+            }
+            // The catalog took it: the table follows the catalog.
+            Completion::Ignored(_) => {
+                core.table
+                    .mark_done(&lease.job, lease.disk, lease.index, result)?
             }
             Completion::Accepted { commit, superseded } => {
                 if let Some(s) = superseded {
                     info!(superseded = %s.worker, "range done by an expired lease; its new holder was superseded");
                 }
-                core.update_progress(&lease.job);
-                info!("range done");
-                // A per-host slot is free.
-                self.work.notify_waiters();
-                if let Some(commit) = commit {
-                    core.set_phase(&lease.job, Phase::Committing);
-                    info!("every range done; committing");
-                    if self.commits.send(commit).is_err() {
-                        core.set_phase(
-                            &lease.job,
-                            Phase::Failed {
-                                error: RequestError::ShuttingDown.to_string(),
-                            },
-                        );
-                    }
-                }
-                Ok(true)
+                commit
             }
+        };
+        core.update_progress(&lease.job);
+        info!("range done");
+        // A per-host slot is free.
+        self.work.notify_waiters();
+        if let Some(commit) = commit {
+            core.set_phase(&lease.job, Phase::Committing);
+            info!("every range done; committing");
+            if self.commits.send(commit).is_err() {
+                core.set_phase(
+                    &lease.job,
+                    Phase::Failed {
+                        error: RequestError::ShuttingDown.to_string(),
+                    },
+                );
+            }
+        }
+        Ok(true)
+    }
+
+    /// Stores a range's entries as pieces, then proposes `AcceptRange`. `false`: the
+    /// catalog refused it (the range has a result, or the job ended).
+    async fn accept_range(
+        &self,
+        lease: &Lease,
+        wire: u64,
+        worker: &WorkerId,
+        entries: &[(usize, Option<Digest>)],
+        stats: &DiskStats,
+    ) -> Result<bool, RequestError> {
+        let store = self.storage.store()?;
+        let pieces = range_piece::store(store.as_ref(), entries)
+            .await
+            .map_err(|e| RequestError::Unavailable(e.to_string()))?;
+        let number = |n: usize, what: &str| {
+            u32::try_from(n).map_err(|_| RequestError::Internal(format!("{what} {n} out of range")))
+        };
+        let command = Command::AcceptRange {
+            job: lease.job.0.clone(),
+            disk: number(lease.disk, "disk")?,
+            index: number(lease.index, "range")?,
+            result: RangeDone {
+                worker: worker.0.clone(),
+                lease: wire,
+                chunks: entries.len() as u64,
+                pieces,
+                stats: stats.clone(),
+            },
+        };
+        match self.raft.propose(command).await {
+            Ok(_) => Ok(true),
+            Err(RaftCatalogError::Refused(
+                Refusal::RangeDone { .. } | Refusal::JobEnded { .. } | Refusal::UnknownJob { .. },
+            )) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// A worker could not back up its range: the range is retried, or its job fails after
     /// the last attempt.
     pub(super) fn fail(
-        &self,
+        self: &Arc<Self>,
         wire: u64,
         worker: &WorkerId,
         error: String,
@@ -293,7 +357,7 @@ impl Coordinator {
         let now = self.clock.now_ms();
         let mut core = self.core();
         core.touch(worker, None, now);
-        let Some(id) = self.epoch.local(wire) else {
+        let Some(id) = core.epoch.local(wire) else {
             return Ok(());
         };
         let span = match core.table.get_lease(id) {
@@ -316,8 +380,9 @@ impl Coordinator {
             FailOutcome::Retry(Retry::Requeued { attempts }) => {
                 warn!(attempts, error = %error, "range failed; queued again");
             }
-            FailOutcome::Retry(Retry::JobFailed(failure)) => core.job_failed(&failure),
+            FailOutcome::Retry(Retry::JobFailed(failure)) => self.job_failed(&failure),
         }
+        drop(_in);
         drop(core);
         self.work.notify_waiters();
         Ok(())
@@ -371,11 +436,11 @@ impl Coordinator {
         }
     }
 
-    fn expire_now(&self) {
+    fn expire_now(self: &Arc<Self>) {
         let now = self.clock.now_ms();
         let mut core = self.core();
         for e in core.table.expire(now) {
-            let span = range_span(&core, &e.lease, self.epoch.wire(e.lease.id));
+            let span = range_span(&core, &e.lease, core.epoch.wire(e.lease.id));
             let _in = span.enter();
             match e.retry {
                 Retry::Requeued { attempts } => {
@@ -384,7 +449,7 @@ impl Coordinator {
                         "lease expired without a heartbeat; range queued again"
                     );
                 }
-                Retry::JobFailed(failure) => core.job_failed(&failure),
+                Retry::JobFailed(failure) => self.job_failed(&failure),
             }
         }
         drop(core);

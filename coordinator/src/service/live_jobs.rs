@@ -2,8 +2,9 @@
 //! has the [`LiveVms`] implementation freeze its disks at one point in time (incremental
 //! per disk when the parent's dirty bitmap is on it), starts an ordinary job over the
 //! frozen NBD exports, and releases the disks when the job ends — committed, failed or
-//! cancelled. If the coordinator dies first, the freeze stays behind on the host and the
-//! VM's next backup cleans it up (as after a killed embedded backup).
+//! cancelled. If the leader changes first, the job goes on under the new leader (workers
+//! keep reading the frozen exports), which cleans the VM up when the job ends (see
+//! `takeover`); if that fails too, the VM's next backup cleans it up.
 
 use std::sync::Arc;
 
@@ -133,10 +134,16 @@ impl Coordinator {
         self: Arc<Self>,
         vm: String,
         full: bool,
+        id: Option<SnapshotId>,
     ) -> Result<JobId, RequestError> {
         let live = self.live()?;
         if self.storage.is_empty() {
             return Err(RequestError::NoStorageNodes);
+        }
+        if let Some(id) = &id
+            && self.started_before(&vm, id).await?
+        {
+            return Ok(JobId(id.to_string()));
         }
         // One backup of a VM at a time: a second freeze would tear down the first one's.
         {
@@ -157,7 +164,7 @@ impl Coordinator {
         };
         let host = self.find_vm(live.as_ref(), &vm).await?;
         let parent = self.catalog_latest(vm.clone()).await?;
-        let id = SnapshotId::random();
+        let id = id.unwrap_or_else(SnapshotId::random);
         let chunk_size = DEFAULT_CHUNK_SIZE;
         let span = info_span!("backup_vm", job = %id, vm = %vm, host = %host.name);
         let frozen = live
@@ -191,7 +198,7 @@ impl Coordinator {
             id: Some(id),
         };
         let started = match self.load_bases(&mut req).await {
-            Ok(()) => self.start_backup(req),
+            Ok(()) => self.start_backup(req, true).await,
             Err(e) => Err(e),
         };
         let job = match started {
@@ -210,6 +217,27 @@ impl Coordinator {
                 .instrument(span),
         );
         Ok(job)
+    }
+
+    /// Whether job `id` of `vm` was started already (a client's retry after a lost
+    /// answer or a leader change): it must not be frozen again.
+    async fn started_before(&self, vm: &str, id: &SnapshotId) -> Result<bool, RequestError> {
+        if self
+            .core()
+            .jobs
+            .get(&JobId(id.to_string()))
+            .is_some_and(|r| r.vm == vm)
+        {
+            return Ok(true);
+        }
+        let id = id.to_string();
+        Ok(self
+            .raft
+            .read(|s| {
+                s.jobs.get(&id).is_some_and(|j| j.vm == vm)
+                    || s.list(Some(vm)).iter().any(|m| m.id.as_str() == id)
+            })
+            .await?)
     }
 
     /// Waits for `job` to end, then releases its VM's disks.

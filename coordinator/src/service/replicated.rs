@@ -52,6 +52,8 @@ pub(super) async fn open(
             rc.heartbeat_ms = r.heartbeat_ms;
             rc.election_min_ms = r.election_min_ms;
             rc.election_max_ms = r.election_max_ms;
+            rc.snapshot_every = r.snapshot_every;
+            rc.keep_logs = r.keep_logs;
             (r.id, members, rc)
         }
         None => {

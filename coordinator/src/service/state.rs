@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-use super::epoch::Epoch;
+use super::epoch::{Epoch, Start};
 use super::jobs::JobRecord;
 use super::storage::Storage;
 use super::workers::WorkerRecord;
@@ -54,6 +54,11 @@ pub(super) struct Core {
     pub(super) next_seq: u64,
     /// VMs whose live backup is being prepared (frozen) and has no job yet.
     pub(super) preparing: HashSet<String>,
+    /// The lease numbers of this leadership ([`Epoch::NONE`] while not leading).
+    pub(super) epoch: Epoch,
+    /// The term in which this coordinator leads with its jobs taken over (`None`: not
+    /// leading, or still taking over).
+    pub(super) leading: Option<u64>,
 }
 
 /// Everything the request handlers and the background tasks share.
@@ -63,12 +68,17 @@ pub(super) struct Coordinator {
     pub(super) cluster: String,
     pub(super) addr: SocketAddr,
     pub(super) lease_ms: u64,
-    pub(super) epoch: Epoch,
+    /// This process's start number: with the term, the epoch of lease numbers.
+    pub(super) start: Start,
     pub(super) clock: Clock,
     pub(super) core: Mutex<Core>,
-    /// The replicated catalog: snapshot records, registered hypervisor hosts and the
-    /// storage membership (jobs and leases stay in this leader's memory for now).
+    /// The replicated catalog: snapshot records, registered hypervisor hosts, the
+    /// storage membership, and jobs with their ranges' results (leases stay in the
+    /// leader's memory: a new leader makes new ones for the ranges without a result).
     pub(super) raft: RaftCatalog,
+    /// The term this coordinator leads in with its jobs taken over (see `Core::leading`),
+    /// for long polls to notice a change.
+    pub(super) leadership: watch::Sender<Option<u64>>,
     /// How live VMs are frozen and read; unset: `BackupVm` and `ListVms` are refused.
     pub(super) live: OnceLock<Arc<dyn LiveVms>>,
     pub(super) storage: Storage,
@@ -84,10 +94,18 @@ pub(super) struct Coordinator {
 }
 
 impl Coordinator {
-    /// `Ok` on the leader; else the `NotLeader` redirect (jobs and workers are served by
-    /// the leader only: jobs live in its memory).
+    /// `Ok` on the leader once it has taken the running jobs over; else the `NotLeader`
+    /// redirect, or UNAVAILABLE while taking over (jobs and workers are served by the
+    /// leader only: the lease table lives in its memory).
     pub(super) fn leading(&self) -> Result<(), super::RequestError> {
-        Ok(self.raft.ensure_leading()?)
+        self.raft.ensure_leading()?;
+        if self.core().leading.is_none() {
+            return Err(super::RequestError::Unavailable(
+                "this coordinator was just elected and is taking over the running jobs; retry in a moment"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {

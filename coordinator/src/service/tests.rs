@@ -85,6 +85,7 @@ async fn start_job(c: &mut Client, vm: &str, disks: Vec<pb::DiskSource>) -> Stri
         host: "h1".into(),
         chunk_size: CS,
         disks,
+        job: String::new(),
     })
     .await
     .unwrap()
@@ -228,6 +229,7 @@ async fn a_job_commits_once_every_range_is_done_and_a_restart_keeps_it() {
             host: "h1".into(),
             chunk_size: CS,
             disks: vec![disk("a", cs)],
+            job: String::new(),
         })
         .await
         .unwrap_err();
@@ -259,26 +261,21 @@ async fn a_job_commits_once_every_range_is_done_and_a_restart_keeps_it() {
     let st = wait(c, &job2, 10_000).await;
     let meta2: SnapshotMeta = serde_json::from_str(&st.snapshot_json).unwrap();
     assert_eq!(meta2.parent.as_ref(), Some(&meta.id));
-    let running = start_job(c, "vm1", vec![disk("a", cs)]).await;
+    // A third job is cut by a restart with one of its two ranges done.
+    let running = start_job(c, "vm1", vec![disk("a", 8 * cs)]).await;
+    let done_before = lease(c, "w1").await.unwrap();
     let old_lease = lease(c, "w1").await.unwrap();
+    assert!(complete(c, &store, "w1", &done_before).await);
     node.stop().await;
 
     let mut node = start(config(dir.path()), store.clone()).await;
     let c = &mut node.client;
     assert_eq!(list(c).await.len(), 2);
-    let e = c
-        .wait_job(pb::WaitJobRequest {
-            job: running.clone(),
-            timeout_ms: 0,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound);
+    // The restarted coordinator took the job over, with the range done before.
+    let st = wait(c, &running, 0).await;
     assert_eq!(
-        e.message(),
-        format!(
-            "job {running} is unknown to this coordinator (it may have restarted); nothing was committed for it"
-        )
+        (st.state(), st.ranges_done, st.ranges_total),
+        (State::Running, 1, 2)
     );
     // A job committed before the restart is found in the catalog.
     let st = wait(c, &job, 0).await;
@@ -289,7 +286,45 @@ async fn a_job_commits_once_every_range_is_done_and_a_restart_keeps_it() {
         vec![old_lease.lease_id]
     );
     assert!(!complete(c, &store, "w1", &old_lease).await);
-    // The interrupted VM can be backed up again.
+    // The VM's job is still running: no second one.
+    let e = c
+        .start_backup(pb::StartBackupRequest {
+            vm: "vm1".into(),
+            host: "h1".into(),
+            chunk_size: CS,
+            disks: vec![disk("a", cs)],
+            job: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    // Only the range without a result is leased again; the commit has both.
+    let l = lease(c, "w1").await.unwrap();
+    assert_eq!((l.offset, l.length), (old_lease.offset, old_lease.length));
+    assert!(lease(c, "w1").await.is_none());
+    assert!(complete(c, &store, "w1", &l).await);
+    let st = wait(c, &running, 10_000).await;
+    assert_eq!(st.state(), State::Committed, "{}", st.error);
+    let meta3: SnapshotMeta = serde_json::from_str(&st.snapshot_json).unwrap();
+    assert_eq!(meta3.parent.as_ref(), Some(&meta2.id));
+    check_restores(&store, &meta3).await;
+    // A job id never started is unknown.
+    let unknown = bora_core::snapshot::SnapshotId::random().to_string();
+    let e = c
+        .wait_job(pb::WaitJobRequest {
+            job: unknown.clone(),
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(
+        e.message(),
+        format!(
+            "job {unknown} is unknown to this coordinator (it may have restarted); nothing was committed for it"
+        )
+    );
+    // The VM can be backed up again.
     start_job(c, "vm1", vec![disk("a", cs)]).await;
     node.stop().await;
 }
@@ -307,6 +342,7 @@ async fn bad_requests_are_invalid_argument() {
             host: "h1".into(),
             chunk_size: 4096,
             disks: vec![disk("a", cs)],
+            job: String::new(),
         })
         .await
         .unwrap_err();
@@ -576,6 +612,7 @@ async fn no_storage_nodes_no_backup_and_one_coordinator_per_data_dir() {
             host: "h1".into(),
             chunk_size: CS,
             disks: vec![disk("a", 1)],
+            job: String::new(),
         })
         .await
         .unwrap_err();
@@ -802,11 +839,13 @@ async fn a_file_catalog_is_imported_once_on_the_first_start() {
 /// Three coordinators with `[raft]` on 127.0.0.1: a follower answers catalog reads and
 /// job requests UNAVAILABLE with the leader in `bora-leader`; the leader serves them and
 /// its status names every member.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_redirects_to_the_leader() {
+/// Three coordinators with `[raft]` over gRPC on 127.0.0.1, sharing `store`.
+async fn three_coordinators(
+    dirs: &[tempfile::TempDir],
+    store: &Arc<MemoryChunkStore>,
+) -> (Vec<Option<Node>>, Vec<String>) {
     use crate::config::RaftSection;
 
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let addrs: Vec<String> = (0..3)
         .map(|_| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -818,7 +857,6 @@ async fn a_follower_redirects_to_the_leader() {
         .enumerate()
         .map(|(i, a)| ((i + 1).to_string(), a.clone()))
         .collect();
-    let store = Arc::new(MemoryChunkStore::default());
     let mut nodes = Vec::new();
     for (i, (dir, addr)) in dirs.iter().zip(&addrs).enumerate() {
         let mut cfg = config(dir.path());
@@ -830,42 +868,132 @@ async fn a_follower_redirects_to_the_leader() {
             heartbeat_ms: 50,
             election_min_ms: 300,
             election_max_ms: 600,
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
         });
-        nodes.push(start(cfg, store.clone()).await);
+        nodes.push(Some(start(cfg, store.clone()).await));
     }
+    (nodes, addrs)
+}
+
+/// The running coordinator that leads and serves (it has the storage seed), with its
+/// Raft view.
+async fn serving_leader(nodes: &mut [Option<Node>]) -> (usize, pb::RaftStatus) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let (leader, raft) = loop {
+    loop {
         let mut found = None;
         for (i, n) in nodes.iter_mut().enumerate() {
-            let s = n
-                .client
-                .status(pb::StatusRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            let raft = s.raft.unwrap();
+            let Some(n) = n else { continue };
+            let Ok(s) = n.client.status(pb::StatusRequest {}).await else {
+                continue;
+            };
+            let raft = s.into_inner().raft.unwrap();
             if raft.state == "leader" {
                 found = Some((i, raft));
             }
         }
-        // The leader has imported the storage seed: it can serve.
         if let Some((i, raft)) = found
-            && nodes[i]
-                .client
+            && let Some(n) = nodes[i].as_mut()
+            && n.client
                 .membership(pb::MembershipRequest {})
                 .await
                 .is_ok_and(|m| !m.into_inner().nodes.is_empty())
         {
-            break (i, raft);
+            return (i, raft);
         }
         assert!(tokio::time::Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_goes_on_under_a_new_leader() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let store = Arc::new(MemoryChunkStore::default());
+    let (mut nodes, _) = three_coordinators(&dirs, &store).await;
+    let (old, _) = serving_leader(&mut nodes).await;
+    let id = bora_core::snapshot::SnapshotId::random().to_string();
+    let request = pb::StartBackupRequest {
+        vm: "vm1".into(),
+        host: "h1".into(),
+        chunk_size: CS,
+        disks: vec![disk("d", 8 * u64::from(CS))],
+        job: id.clone(),
     };
+    let c = &mut nodes[old].as_mut().unwrap().client;
+    let job = c
+        .start_backup(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .job;
+    assert_eq!(job, id);
+    // Asking again with the same id gets the same job.
+    let again = c
+        .start_backup(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .job;
+    assert_eq!(again, id);
+    let done_before = lease(c, "w1").await.unwrap();
+    let cut = lease(c, "w1").await.unwrap();
+    assert!(complete(c, &store, "w1", &done_before).await);
+    nodes[old].take().unwrap().stop().await;
+
+    let (new, raft) = serving_leader(&mut nodes).await;
+    assert_ne!(new, old);
+    assert!(raft.term >= 2);
+    let c = &mut nodes[new].as_mut().unwrap().client;
+    // The client's retry after the leader change finds its job, taken over with the
+    // range done before.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match c.start_backup(request.clone()).await {
+            Ok(r) => break r.into_inner().job,
+            Err(e) if e.code() == Code::Unavailable => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(again, id);
+    let st = wait(c, &id, 0).await;
+    assert_eq!(
+        (st.state(), st.ranges_done, st.ranges_total),
+        (State::Running, 1, 2)
+    );
+    // The old leader's lease is foreign here; its range is leased again.
+    assert!(!complete(c, &store, "w1", &cut).await);
+    let l = lease(c, "w2").await.unwrap();
+    assert_eq!((l.offset, l.length), (cut.offset, cut.length));
+    assert_ne!(l.lease_id, cut.lease_id);
+    assert!(lease(c, "w2").await.is_none());
+    assert!(complete(c, &store, "w2", &l).await);
+    let st = wait(c, &id, 10_000).await;
+    assert_eq!(st.state(), State::Committed, "{}", st.error);
+    let meta: SnapshotMeta = serde_json::from_str(&st.snapshot_json).unwrap();
+    check_restores(&store, &meta).await;
+    assert_eq!(list(c).await.len(), 1);
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_redirects_to_the_leader() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let store = Arc::new(MemoryChunkStore::default());
+    let (mut nodes, addrs) = three_coordinators(&dirs, &store).await;
+    let (leader, raft) = serving_leader(&mut nodes).await;
     assert_eq!(raft.members.len(), 3);
     assert!(raft.term >= 1);
     let follower = (leader + 1) % 3;
     let expected = format!("{}@{}", leader + 1, addrs[leader]);
     let e = nodes[follower]
+        .as_mut()
+        .unwrap()
         .client
         .list_snapshots(pb::ListSnapshotsRequest { vm: None })
         .await
@@ -882,25 +1010,28 @@ async fn a_follower_redirects_to_the_leader() {
         assert_eq!(l, expected);
     }
     let e = nodes[follower]
+        .as_mut()
+        .unwrap()
         .client
         .start_backup(pb::StartBackupRequest {
             vm: "vm1".into(),
             host: "h1".into(),
             chunk_size: CS,
             disks: vec![disk("d", 8 * u64::from(CS))],
+            job: String::new(),
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     assert_eq!(named(&e).as_deref(), Some(expected.as_str()));
     let job = start_job(
-        &mut nodes[leader].client,
+        &mut nodes[leader].as_mut().unwrap().client,
         "vm1",
         vec![disk("d", 8 * u64::from(CS))],
     )
     .await;
     assert!(!job.is_empty());
-    for n in nodes {
+    for n in nodes.into_iter().flatten() {
         n.stop().await;
     }
 }

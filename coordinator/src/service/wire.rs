@@ -11,7 +11,7 @@ use bora_core::Digest;
 use bora_core::digest::DIGEST_LEN;
 use bora_core::index::{check_chunk_size, chunk_count};
 use bora_core::snapshot::{
-    CbtRecord, DiskStats, SNAPSHOT_FORMAT_VERSION, SnapshotMeta, check_name,
+    CbtRecord, DiskStats, SNAPSHOT_FORMAT_VERSION, SnapshotId, SnapshotMeta, check_name,
 };
 use bora_proto::coordinator as pb;
 
@@ -145,6 +145,7 @@ impl TryFrom<pb::StartBackupRequest> for JobRequest {
 
     fn try_from(r: pb::StartBackupRequest) -> Result<JobRequest, RequestError> {
         check_name("vm", &r.vm).map_err(invalid)?;
+        let id = chosen_job_id(&r.job)?;
         check_name("host", &r.host).map_err(invalid)?;
         check_chunk_size(r.chunk_size).map_err(|e| invalid(e.to_string()))?;
         if r.disks.is_empty() {
@@ -210,9 +211,19 @@ impl TryFrom<pb::StartBackupRequest> for JobRequest {
             host: r.host,
             chunk_size: r.chunk_size,
             disks,
-            id: None,
+            id,
         })
     }
+}
+
+/// A job id a client chose (empty: none).
+pub(super) fn chosen_job_id(job: &str) -> Result<Option<SnapshotId>, RequestError> {
+    if job.is_empty() {
+        return Ok(None);
+    }
+    job.parse()
+        .map(Some)
+        .map_err(|e| invalid(format!("job id {job:?}: {e}")))
 }
 
 impl TryFrom<pb::CompleteRangeRequest> for RangeReport {
@@ -347,6 +358,8 @@ impl From<crate::raft::ClusterStatus> for pb::RaftStatus {
             leader: s.leader,
             last_log: s.last_log,
             applied: s.applied,
+            snapshot: s.snapshot,
+            purged: s.purged,
             members: s
                 .members
                 .into_iter()
@@ -399,6 +412,7 @@ mod tests {
             host: "h1".into(),
             chunk_size,
             disks,
+            job: String::new(),
         }
     }
 

@@ -104,6 +104,14 @@ impl Coordinators {
         }
     }
 
+    /// Coordinator `i` was found unreachable ([`Self::unreachable`] is called): whether
+    /// new work is now asked from another coordinator (there are several and `i` is not
+    /// the current one).
+    pub(super) fn gone(&self, i: usize) -> bool {
+        self.unreachable(i);
+        self.addrs.len() > 1 && self.current() != i
+    }
+
     /// Coordinator `i` answered that it is not the leader (UNAVAILABLE with a
     /// `bora-leader: ID@ADDR` entry): new work is asked from the leader when it is in the
     /// list. False when the answer names no leader of the list (then try the next one).

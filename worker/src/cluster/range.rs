@@ -17,7 +17,7 @@ use bora_core::{ByteRange, Digest};
 use bora_proto::coordinator::{ChunkEntry, CompleteRangeRequest, FailRangeRequest, RangeLease};
 
 use super::Context;
-use super::coordinators::{Client, unreachable};
+use super::coordinators::{Client, leader_addr, unreachable};
 use crate::pipeline::{PipelineOptions, SourceWorker};
 
 /// How long a result or failure is retried while its coordinator is unreachable.
@@ -226,8 +226,6 @@ async fn back_up(
         .map_err(|e| e.0)
 }
 
-/// Sends a report to coordinator `i`, retrying for [`REPORT_PATIENCE`] while it is
-/// unreachable. `None` when it could not be sent (the lease will expire there).
 /// Reports a failed range to coordinator `i`.
 async fn fail(ctx: &Context, i: usize, lease: u64, error: String) {
     let req = FailRangeRequest {
@@ -242,6 +240,10 @@ async fn fail(ctx: &Context, i: usize, lease: u64, error: String) {
     .await;
 }
 
+/// Sends a report to coordinator `i`, retrying for [`REPORT_PATIENCE`] while it is
+/// unreachable — unless it answers that it no longer leads, or, with several
+/// coordinators, it is unreachable and new work is asked from another one: the lease is
+/// then void (lease numbers belong to one leadership) and the report is dropped.
 async fn report<T, F, Fut>(ctx: &Context, i: usize, what: &str, call: F) -> Result<T, tonic::Status>
 where
     F: Fn(Client) -> Fut,
@@ -256,6 +258,16 @@ where
             .ok_or_else(|| tonic::Status::unavailable("no client for the coordinator"))?;
         match call(client).await {
             Ok(v) => return Ok(v),
+            // The coordinator that granted the lease no longer leads: the lease belongs to
+            // an earlier leadership and the new leader leases the range again.
+            Err(s) if leader_addr(&s).is_some() => {
+                info!("the coordinator no longer leads; {what} is dropped (the lease is void)");
+                return Err(s);
+            }
+            Err(s) if unreachable(&s) && ctx.coordinators.gone(i) => {
+                info!(error = %s, "the coordinator is gone and another one is asked for work; {what} is dropped (the lease is void)");
+                return Err(s);
+            }
             Err(s) if unreachable(&s) && Instant::now() + backoff < deadline => {
                 debug!(error = %s, "coordinator unreachable; reporting {what} again");
                 tokio::time::sleep(backoff).await;

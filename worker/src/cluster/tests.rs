@@ -86,6 +86,7 @@ impl Coordinator {
                         ..Default::default()
                     })
                     .collect(),
+                job: String::new(),
             })
             .await
             .unwrap()

@@ -13,7 +13,7 @@ use bora_worker::qemu::freeze::Frozen;
 use bora_worker::qemu::host::{connect, vm_disks, vm_sockets};
 
 use super::Mode;
-use super::vm::{Prepared, prepare};
+use super::vm::{Prepared, clean_up, prepare};
 use crate::output;
 
 /// Live VMs over QMP; fleecing scratch images go to the host's scratch directory or
@@ -104,5 +104,21 @@ impl LiveVms for QemuLiveVms {
             })
             .collect();
         Ok(Box::new(FrozenQemuVm { frozen, sources }))
+    }
+
+    async fn clean_up(
+        &self,
+        host: &HostSpec,
+        vm: &str,
+        latest: Option<&SnapshotMeta>,
+    ) -> Result<Vec<String>, String> {
+        let socks = vm_sockets(host).map_err(|e| e.to_string())?;
+        let sock = socks
+            .into_iter()
+            .find(|s| s.vm == vm)
+            .ok_or_else(|| format!("host {} has no vm {vm}", host.name))?;
+        clean_up(host, &sock, latest, &self.scratch)
+            .await
+            .map_err(|e| output::one_line(&e))
     }
 }

@@ -112,22 +112,11 @@ pub async fn prepare(
     if disks.is_empty() {
         bail!("vm {vm} has no disks");
     }
-    let bases: HashMap<String, Option<String>> = disks
-        .iter()
-        .map(|d| {
-            let b = parent
-                .as_ref()
-                .and_then(|p| p.disk(&d.disk))
-                .and_then(|d| d.cbt.as_ref())
-                .and_then(|c| c.bitmap.clone());
-            (d.disk.clone(), b)
-        })
-        .collect();
     let scratch = host
         .scratch_dir
         .clone()
         .unwrap_or_else(|| scratch.to_path_buf());
-    recover(&qmp, vm, &disks, &bases, &scratch).await?;
+    recover(&qmp, vm, &disks, &bases(&disks, parent), &scratch).await?;
 
     let nodes = qmp
         .query_named_block_nodes()
@@ -147,6 +136,39 @@ pub async fn prepare(
     let addr = nbd_addr(host, sock)?;
     let frozen = Frozen::freeze(&qmp, vm, id.as_str(), freeze, &scratch, addr).await?;
     Ok(Prepared { frozen, modes })
+}
+
+/// The dirty bitmap each disk's last committed snapshot (`parent`) left.
+fn bases(disks: &[VmDisk], parent: Option<&SnapshotMeta>) -> HashMap<String, Option<String>> {
+    disks
+        .iter()
+        .map(|d| {
+            let b = parent
+                .and_then(|p| p.disk(&d.disk))
+                .and_then(|d| d.cbt.as_ref())
+                .and_then(|c| c.bitmap.clone());
+            (d.disk.clone(), b)
+        })
+        .collect()
+}
+
+/// Cleans up what a backup of the VM at `sock` left behind (exports, fleecing nodes,
+/// scratch files, bitmaps), as [`prepare`] does first, without freezing anything:
+/// `latest` is the VM's newest committed snapshot. Returns what was done.
+pub async fn clean_up(
+    host: &HostSpec,
+    sock: &VmSocket,
+    latest: Option<&SnapshotMeta>,
+    scratch: &std::path::Path,
+) -> Result<Vec<String>> {
+    let vm = sock.vm.as_str();
+    let qmp = connect(sock).await?;
+    let disks = vm_disks(&qmp, vm).await?;
+    let scratch = host
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(|| scratch.to_path_buf());
+    Ok(recover(&qmp, vm, &disks, &bases(&disks, latest), &scratch).await?)
 }
 
 /// Backs up one VM, found at `sock` on `host` (see [`find_vm`]).

@@ -4,13 +4,16 @@
 //! parent's dirty bitmap is there; `--nbd --bitmap` exports are read incrementally on the
 //! same conditions as embedded; image files are read whole (deduplicated).
 //! Disconnecting (Ctrl-C) does not cancel a job: it belongs to the coordinator and
-//! finishes there (`bora cancel JOB` ends it).
+//! finishes there (`bora cancel JOB` ends it). The CLI names each job (its snapshot id)
+//! so that it can ask again through a leader change and get the same job
+//! ([`Cluster::call`]).
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use bora_core::snapshot::SnapshotId;
 use bora_proto::coordinator::job_status::State;
 use bora_proto::coordinator::{
     BackupVmRequest, DiskSource, JobStatus, StartBackupRequest, WaitJobRequest,
@@ -74,20 +77,22 @@ async fn one_disk(
     disk: DiskSource,
     started: Instant,
 ) -> Result<BackupReport> {
+    // The job's id is chosen here, so that asking again after a leader change gets the
+    // same job back.
     let request = StartBackupRequest {
         vm: vm.to_string(),
         host: "images".into(),
         chunk_size: CHUNK_SIZE,
         disks: vec![disk],
+        job: SnapshotId::random().to_string(),
     };
-    // Once more on the leader when the coordinator asked is not it.
-    let answer = match c.client.start_backup(request.clone()).await {
-        Err(s) if c.follow_leader(&s).await => c.client.start_backup(request).await,
-        r => r,
-    };
-    let job = answer
+    let job = c
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.start_backup(request).await }
+        })
+        .await
         .map_err(|s| status_err(&format!("backup of vm {vm}"), s))?
-        .into_inner()
         .job;
     let status = wait(c, &job).await?;
     committed(vm, &job, status, started)
@@ -107,13 +112,16 @@ async fn live_vms(
         let request = BackupVmRequest {
             vm: vm.clone(),
             full,
+            job: SnapshotId::random().to_string(),
         };
-        let answer = match c.client.backup_vm(request.clone()).await {
-            Err(s) if c.follow_leader(&s).await => c.client.backup_vm(request).await,
-            r => r,
-        };
+        let answer = c
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.backup_vm(request).await }
+            })
+            .await;
         match answer {
-            Ok(r) => jobs.push((vm.clone(), r.into_inner().job)),
+            Ok(r) => jobs.push((vm.clone(), r.job)),
             Err(s) => failed.push(format!(
                 "{vm}: {}",
                 output::one_line(&status_err(&format!("backup of vm {vm}"), s))
@@ -207,15 +215,14 @@ pub async fn wait(c: &mut Cluster, job: &str) -> Result<JobStatus> {
             job: job.to_string(),
             timeout_ms: WAIT_MS,
         };
-        // A new leader knows a job only once it is committed (jobs live in the leader's
-        // memory for now): it answers NOT_FOUND for one that was running.
-        let answer = match c.client.wait_job(request.clone()).await {
-            Err(s) if c.follow_leader(&s).await => c.client.wait_job(request).await,
-            r => r,
-        };
-        let s = answer
-            .map_err(|s| status_err(&format!("job {job}"), s))?
-            .into_inner();
+        // Jobs are replicated: after a leader change the new leader knows the job.
+        let s = c
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.wait_job(request).await }
+            })
+            .await
+            .map_err(|s| status_err(&format!("job {job}"), s))?;
         if s.state != State::Running as i32 {
             return Ok(s);
         }

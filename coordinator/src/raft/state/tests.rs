@@ -39,8 +39,13 @@ pub(crate) fn start(id: &str, vm: &str, ranges: &[u32]) -> Command {
                 chunk_size: 1 << 20,
                 source: format!("/img/{vm}-{i}"),
                 ranges: *r,
+                bitmap: None,
+                parent: None,
+                cbt: None,
             })
             .collect(),
+        range_bytes: 1 << 20,
+        live: false,
     })
 }
 

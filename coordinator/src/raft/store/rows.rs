@@ -29,6 +29,10 @@ struct JobRow {
     disks: Vec<JobDisk>,
     status: JobStatus,
     ended: Option<u64>,
+    #[serde(default)]
+    range_bytes: u64,
+    #[serde(default)]
+    live: bool,
 }
 
 fn range_key(job: &str, disk: u32, index: u32) -> String {
@@ -107,6 +111,8 @@ pub(super) fn write_touched<'a>(
                             disks: j.disks.clone(),
                             status: j.status.clone(),
                             ended: j.ended,
+                            range_bytes: j.range_bytes,
+                            live: j.live,
                         };
                         batch.put_cf(cf, id, json(db, "job", &row)?);
                     }
@@ -230,6 +236,8 @@ pub(super) fn load(db: &Db) -> Result<CatalogState, StoreError> {
                 disks: row.disks,
                 status: row.status,
                 ended: row.ended,
+                range_bytes: row.range_bytes,
+                live: row.live,
                 done: Default::default(),
             },
         );

@@ -27,6 +27,8 @@ fn member_config(dir: &Path, id: u64, members: &BTreeMap<u64, String>) -> Coordi
         heartbeat_ms: 50,
         election_min_ms: 300,
         election_max_ms: 600,
+        snapshot_every: 10_000,
+        keep_logs: 1_000,
     });
     cfg
 }
