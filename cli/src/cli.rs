@@ -59,8 +59,9 @@ pub enum Command {
     Vm(VmCommand),
     /// A whole local cluster in the foreground, each member its own child process.
     Up(UpArgs),
-    /// One coordinator of a cluster.
-    Coordinator(MemberArgs),
+    /// One coordinator of a cluster (`--config FILE`), or change a running cluster's
+    /// coordinators (`add`, `remove`; need --cluster).
+    Coordinator(CoordinatorArgs),
     /// One worker of a cluster (agentless proxy: reads the hosts' disks).
     Worker(MemberArgs),
     /// One storage node of a cluster.
@@ -79,12 +80,64 @@ pub enum Command {
         /// The job id (the id of the snapshot it would have committed).
         job: String,
     },
+    /// The cluster's catalog itself (snapshot records, hosts, storage membership).
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Remote sites snapshots are replicated to (a second site for disaster recovery).
     #[command(subcommand)]
     Remote(RemoteCommand),
     /// Copy snapshots to a remote site: only indexes and the chunks it lacks cross the
     /// link, in their stored form; resumable.
     Replicate(ReplicateArgs),
+}
+
+/// `bora coordinator`: run one (`--config FILE`) or change the cluster's coordinators.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CoordinatorArgs {
+    /// The coordinator's TOML config file (examples in deploy/): runs this coordinator
+    /// in the foreground.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<CoordinatorCommand>,
+}
+
+#[derive(Subcommand)]
+pub enum CoordinatorCommand {
+    /// Add a running coordinator with an empty data dir to the cluster (needs --cluster):
+    /// it joins as a learner, catches up with the leader's log, then becomes a voter.
+    Add {
+        /// Its Raft id (`[raft] id` in its config): a new one, never an id a member had.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+        /// HOST:PORT of its listener, as the other coordinators reach it.
+        addr: String,
+        /// How long it may take to catch up before the add gives up (it then stays a
+        /// learner).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        wait: u32,
+    },
+    /// Remove a coordinator from the cluster (needs --cluster), e.g. a dead one before
+    /// adding its replacement; the leader itself may be removed (it steps down). The
+    /// last one cannot be.
+    Remove {
+        /// Its Raft id (`bora status` lists them).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CatalogCommand {
+    /// Write the catalog (read from the leader at one point) into a new directory as a
+    /// coordinator's data-dir files: to restore, start a fresh coordinator with that
+    /// directory as its data-dir (needs --cluster).
+    Export {
+        /// A new (or empty) directory.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -9,7 +9,9 @@ use crate::repo::default_repo_dir;
 use crate::snapshot_disk::Location;
 
 mod backup;
+mod catalog;
 mod cluster;
+mod coordinators;
 mod copy_back;
 mod files;
 mod host;
@@ -56,12 +58,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(c) => host::run_host(&repo, c, cli.json).await,
         Command::Vm(c) => host::run_vm(&repo, c, cli.json).await,
         Command::Up(a) => up::run(a, cli.json).await,
-        Command::Coordinator(a) => members::coordinator(&a.config).await,
+        Command::Coordinator(a) => match (a.config, a.command) {
+            (Some(config), None) => members::coordinator(&config).await,
+            _ => bail!("this command needs --cluster URL (or BORA_CLUSTER)"),
+        },
         Command::Worker(a) => members::worker(&a.config).await,
         Command::StorageNode(a) => members::storage_node(&a.config).await,
         Command::Remote(c) => remote::run(&Location::Repo(&repo), c, cli.json).await,
         Command::Replicate(a) => replicate::run(&Location::Repo(&repo), a, cli.json).await,
-        Command::Status | Command::Repair | Command::Storage(_) | Command::Cancel { .. } => {
+        Command::Status
+        | Command::Repair
+        | Command::Storage(_)
+        | Command::Cancel { .. }
+        | Command::Catalog(_) => {
             bail!("this command needs --cluster URL (or BORA_CLUSTER)")
         }
     }
@@ -80,7 +89,12 @@ async fn run_cluster(urls: &str, command: Command, json: bool) -> anyhow::Result
         Command::Remote(c) => remote::run(&Location::Cluster(urls), c, json).await,
         Command::Replicate(a) => replicate::run(&Location::Cluster(urls), a, json).await,
         Command::Up(a) => up::run(a, json).await,
-        Command::Coordinator(a) => members::coordinator(&a.config).await,
+        Command::Coordinator(a) => match (a.config, a.command) {
+            (_, Some(c)) => coordinators::run(urls, c, json).await,
+            (Some(config), None) => members::coordinator(&config).await,
+            (None, None) => bail!("bora coordinator needs --config FILE, or add/remove"),
+        },
+        Command::Catalog(c) => catalog::run(urls, c, json).await,
         Command::Worker(a) => members::worker(&a.config).await,
         Command::StorageNode(a) => members::storage_node(&a.config).await,
         Command::Init(a) => cluster::init(urls, a, json).await,

@@ -15,7 +15,10 @@
 //!   leader in a `bora-leader` metadata entry. Without `[raft]` in the config the
 //!   coordinator is a cluster of one. The `Raft` service is served on the same listener.
 //!   On a cluster's first start the leader imports its data dir's files once (see
-//!   `replicated`).
+//!   `replicated`). Coordinators are added and removed online (`members`: the
+//!   `AddCoordinator`/`RemoveCoordinator` RPCs); a member with an empty store makes a new
+//!   cluster only when no configured member answers as part of one (`join`);
+//!   `ExportCatalog` and `export` write the catalog back as those data-dir files.
 //! - **Jobs are replicated too**: `StartJob` before a job's ranges are leased, each
 //!   range's result stored as pieces in the storage nodes and then `AcceptRange`, and
 //!   `EndJob` (committed with the snapshot record, failed, cancelled). A job's id is the
@@ -45,10 +48,13 @@
 mod commit;
 mod epoch;
 mod error;
+mod export;
 mod grpc;
 mod jobs;
+mod join;
 mod leases;
 mod live_jobs;
+mod members;
 mod probe;
 mod replicated;
 mod state;
@@ -75,6 +81,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 pub use error::{LEADER_METADATA, RequestError, ServiceError, to_status};
+pub use export::{CatalogExport, EXPORT_INFO, ExportError};
 pub use storage::StoreFactory;
 
 use crate::config::CoordinatorConfig;

@@ -4,6 +4,7 @@ mod integration {
     pub mod backup_restore;
     pub mod bad_input;
     pub mod cluster;
+    pub mod cluster_members;
     pub mod cluster_raft;
     pub mod cluster_vm;
     pub mod crash;

@@ -11,7 +11,8 @@ use anyhow::{Result, bail};
 
 use bora_proto::coordinator::job_status::State;
 use bora_proto::coordinator::{
-    AddStorageNodeRequest, CancelJobRequest, RemoveStorageNodeRequest, StatusRequest,
+    AddStorageNodeRequest, CancelJobRequest, RaftMember, RaftStatus, RemoveStorageNodeRequest,
+    StatusRequest,
 };
 
 use crate::cli::{InitArgs, SnapshotsArgs, StorageCommand};
@@ -63,24 +64,8 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
             })
         })
         .collect();
-    // Each coordinator of the replicated catalog with its log position: the leader's own
-    // last entry, the others' as the leader knows them (matched).
     let raft = s.raft.clone().unwrap_or_default();
-    let coordinators: Vec<_> = raft
-        .members
-        .iter()
-        .map(|m| {
-            let log = if m.id == raft.id {
-                raft.last_log
-            } else {
-                m.matched
-            };
-            serde_json::json!({
-                "raft_id": m.id, "addr": m.addr, "voter": m.voter,
-                "leader": raft.leader == Some(m.id), "log": log,
-            })
-        })
-        .collect();
+    let coordinators = raft_members_json(&raft);
     let doc = serde_json::json!({
         "leader": s.id,
         "term": raft.term,
@@ -102,20 +87,7 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
         "coordinator {} (leader, raft term {}) at {}",
         s.id, raft.term, c.url
     );
-    for m in &raft.members {
-        let log = if m.id == raft.id {
-            raft.last_log
-        } else {
-            m.matched
-        };
-        println!(
-            "  raft member {:<3} {:<22} {:<8} log {}",
-            m.id,
-            m.addr,
-            if m.voter { "voter" } else { "learner" },
-            log.map_or_else(|| "?".to_string(), |l| l.to_string())
-        );
-    }
+    print_raft_members(&raft);
     for m in &s.members {
         let extra = match m.role.as_str() {
             "storage-node" => format!("{} chunks", m.chunks),
@@ -143,6 +115,48 @@ pub async fn status(urls: &str, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A member's log position as `raft` (one member's view) knows it: its own last entry
+/// for the member that answered, the others' as the leader knows them (matched).
+fn raft_log(raft: &RaftStatus, m: &RaftMember) -> Option<u64> {
+    if m.id == raft.id {
+        raft.last_log
+    } else {
+        m.matched
+    }
+}
+
+/// Each coordinator of the replicated catalog with its log position (`coordinators` in
+/// `status --json`, and in `coordinator add|remove --json`).
+pub fn raft_members_json(raft: &RaftStatus) -> Vec<serde_json::Value> {
+    raft.members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "raft_id": m.id, "addr": m.addr, "voter": m.voter,
+                "leader": raft.leader == Some(m.id), "log": raft_log(raft, m),
+            })
+        })
+        .collect()
+}
+
+/// The coordinators as `status` prints them.
+pub fn print_raft_members(raft: &RaftStatus) {
+    for m in &raft.members {
+        println!(
+            "  raft member {:<3} {:<22} {:<8} log {}{}",
+            m.id,
+            m.addr,
+            if m.voter { "voter" } else { "learner" },
+            raft_log(raft, m).map_or_else(|| "?".to_string(), |l| l.to_string()),
+            if raft.leader == Some(m.id) {
+                " (leader)"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// `repair`: every chunk onto each of its owners (after a node was down, or added).

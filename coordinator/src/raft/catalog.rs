@@ -228,23 +228,122 @@ impl RaftCatalog {
         f(&self.state.read().state)
     }
 
-    /// Adds a coordinator: first as a learner (this waits until it has caught up with
-    /// the log or a snapshot), then as a voter. Leader only.
-    pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), RaftCatalogError> {
-        info!(member = id, addr = %addr, "adding raft member");
-        self.raft.add_learner(id, Node { addr }, true).await?;
+    /// Whether this member's store holds a cluster already (a log or a vote): false for
+    /// an empty `data-dir/raft`, which must be initialized (a new cluster) or added by
+    /// the leader (a new member).
+    pub async fn is_initialized(&self) -> Result<bool, RaftCatalogError> {
+        Ok(self.raft.is_initialized().await?)
+    }
+
+    /// Adds a coordinator: first as a learner, then, once the leader has replicated to it
+    /// everything up to the entry that added it (from the log or a snapshot), as a voter.
+    /// Leader only. Adding a voter again at the same address changes nothing; an id
+    /// already there at another address is refused. `catch_up` bounds the wait: a member
+    /// that has not caught up by then stays a learner
+    /// ([`RaftCatalogError::NotCaughtUp`]).
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        addr: String,
+        catch_up: Duration,
+    ) -> Result<(), RaftCatalogError> {
+        self.ensure_leading()?;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if let Some(node) = membership.get_node(&id) {
+            if node.addr != addr {
+                return Err(RaftCatalogError::MemberConflict {
+                    id,
+                    addr: node.addr.clone(),
+                });
+            }
+            if membership.voter_ids().any(|v| v == id) {
+                info!(member = id, addr = %addr, "already a voter");
+                return Ok(());
+            }
+        }
+        info!(member = id, addr = %addr, "adding raft member as a learner");
+        let added = self
+            .raft
+            .add_learner(id, Node { addr: addr.clone() }, false)
+            .await
+            .map_err(|e| self.locate_leader(e.into()))?;
+        self.wait_caught_up(id, &addr, added.log_id.index, catch_up)
+            .await?;
+        info!(member = id, addr = %addr, "learner caught up; making it a voter");
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await?;
+            .await
+            .map_err(|e| self.locate_leader(e.into()))?;
         Ok(())
     }
 
-    /// Removes a coordinator from the voters and the membership. Leader only.
+    /// Waits until the leader knows member `id` holds the log up to `index`.
+    async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        addr: &str,
+        index: u64,
+        limit: Duration,
+    ) -> Result<(), RaftCatalogError> {
+        let mut metrics = self.raft.metrics();
+        let waiting = async {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let Some(replication) = m.replication.as_ref() else {
+                        // No longer the leader.
+                        return Err(RaftCatalogError::NotLeader { leader: None });
+                    };
+                    if replication
+                        .get(&id)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|l| l.index >= index)
+                    {
+                        return Ok(());
+                    }
+                }
+                metrics
+                    .changed()
+                    .await
+                    .map_err(|_| RaftCatalogError::Stopped("shutting down".into()))?;
+            }
+        };
+        match tokio::time::timeout(limit, waiting).await {
+            Ok(r) => r.map_err(|e| self.locate_leader(e)),
+            Err(_) => Err(RaftCatalogError::NotCaughtUp {
+                id,
+                addr: addr.to_string(),
+                waited: limit,
+            }),
+        }
+    }
+
+    /// Removes a coordinator (a voter or a learner) from the membership. Leader only.
+    /// The last voter is never removed. Removing the leader itself works: it steps down
+    /// once the new membership is committed, and the others elect a leader.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), RaftCatalogError> {
+        self.ensure_leading()?;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(RaftCatalogError::UnknownMember { id });
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(RaftCatalogError::LastVoter { id });
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
         info!(member = id, "removing raft member");
         self.raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-            .await?;
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.locate_leader(e.into()))?;
         Ok(())
     }
 

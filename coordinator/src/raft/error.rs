@@ -37,6 +37,26 @@ pub enum RaftCatalogError {
     NoQuorum(String),
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// No coordinator with this id is a member.
+    #[error("coordinator {id} is not a member of the cluster")]
+    UnknownMember { id: NodeId },
+    /// Removing this voter would leave the cluster without one.
+    #[error("coordinator {id} is the last voter: a cluster cannot remove its last member")]
+    LastVoter { id: NodeId },
+    /// The id is a member already, at another address (ids are never reused).
+    #[error("coordinator {id} is already a member at {addr}: give the new coordinator a new id")]
+    MemberConflict { id: NodeId, addr: String },
+    /// A new member did not catch up with the leader's log in time; it stays a learner.
+    #[error(
+        "coordinator {id} at {addr} has not caught up with the leader's log within {waited:?}: \
+         is it running (bora coordinator --config) with an empty data dir, and reachable from \
+         the leader? It stays a learner: run the add again, or remove it"
+    )]
+    NotCaughtUp {
+        id: NodeId,
+        addr: String,
+        waited: Duration,
+    },
     #[error("cluster initialization refused: {0}")]
     Initialize(String),
     #[error("invalid raft configuration: {0}")]

@@ -234,9 +234,22 @@ async fn members_are_added_and_removed_online() {
     c.spawn(4).await;
     let leader = c.leader().await;
     c.nodes[&leader]
-        .add_member(4, "mem-4".into())
+        .add_member(4, "mem-4".into(), WAIT)
         .await
         .expect("add member 4");
+    // Adding it again changes nothing; its id at another address is refused.
+    c.nodes[&leader]
+        .add_member(4, "mem-4".into(), WAIT)
+        .await
+        .expect("add member 4 again");
+    let e = c.nodes[&leader]
+        .add_member(4, "elsewhere".into(), WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RaftCatalogError::MemberConflict { id: 4, .. }),
+        "{e}"
+    );
     let gone = c
         .ids
         .iter()
@@ -261,6 +274,51 @@ async fn members_are_added_and_removed_online() {
         .collect();
     assert_eq!(voters.len(), 3, "{status:?}");
     assert!(voters.contains(&4) && !voters.contains(&gone));
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}
+
+/// The leader removes itself: it steps down once the change is committed, another member
+/// leads and commits. Removing down to one voter works; the last voter is refused, and an
+/// unknown id is named as such. A follower refuses membership changes as not the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_leader_steps_down_and_the_last_voter_stays() {
+    let mut c = Cluster::start(3, 0x5eed_0007, defaults).await;
+    c.commit_snapshot("vm1", "one").await;
+    let first = c.leader().await;
+    let follower = c.ids.iter().copied().find(|id| *id != first).unwrap_or(1);
+    let e = c.nodes[&follower].remove_member(first).await.unwrap_err();
+    assert!(matches!(e, RaftCatalogError::NotLeader { .. }), "{e}");
+    let e = c.nodes[&first].remove_member(9).await.unwrap_err();
+    assert!(
+        matches!(e, RaftCatalogError::UnknownMember { id: 9 }),
+        "{e}"
+    );
+
+    c.nodes[&first]
+        .remove_member(first)
+        .await
+        .expect("the leader removes itself");
+    c.stop(first).await;
+    c.ids.retain(|id| *id != first);
+    c.commit_snapshot("vm1", "two").await;
+    let second = c.leader().await;
+    assert_ne!(second, first);
+    let other = c.ids.iter().copied().find(|id| *id != second).unwrap_or(1);
+    c.nodes[&second]
+        .remove_member(other)
+        .await
+        .expect("down to one voter");
+    c.stop(other).await;
+    c.ids.retain(|id| *id != other);
+    let e = c.nodes[&second].remove_member(second).await.unwrap_err();
+    assert!(
+        matches!(e, RaftCatalogError::LastVoter { id } if id == second),
+        "{e}"
+    );
+    c.commit_snapshot("vm1", "three").await;
+    let state = c.converged().await;
+    assert_eq!(snapshot_ids(&state).len(), 3);
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }

@@ -161,9 +161,12 @@ fn raft_status(e: RaftCatalogError, msg: String) -> Status {
         RaftCatalogError::Uncertain(_)
         | RaftCatalogError::Behind { .. }
         | RaftCatalogError::NoQuorum(_) => Status::unavailable(msg),
-        RaftCatalogError::Membership(_) | RaftCatalogError::Initialize(_) => {
-            Status::failed_precondition(msg)
-        }
+        RaftCatalogError::Membership(_)
+        | RaftCatalogError::Initialize(_)
+        | RaftCatalogError::LastVoter { .. } => Status::failed_precondition(msg),
+        RaftCatalogError::UnknownMember { .. } => Status::not_found(msg),
+        RaftCatalogError::MemberConflict { .. } => Status::already_exists(msg),
+        RaftCatalogError::NotCaughtUp { .. } => Status::deadline_exceeded(msg),
         RaftCatalogError::Config(_) | RaftCatalogError::Stopped(_) | RaftCatalogError::Store(_) => {
             Status::internal(msg)
         }
@@ -198,6 +201,33 @@ mod tests {
             ))),
             Code::AlreadyExists
         );
+    }
+
+    #[test]
+    fn membership_refusals_have_their_own_codes() {
+        let code = |e| to_status(RequestError::Raft(e)).code();
+        assert_eq!(
+            code(RaftCatalogError::LastVoter { id: 1 }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(RaftCatalogError::UnknownMember { id: 7 }),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(RaftCatalogError::MemberConflict {
+                id: 2,
+                addr: "h:1".into()
+            }),
+            Code::AlreadyExists
+        );
+        let s = to_status(RequestError::Raft(RaftCatalogError::NotCaughtUp {
+            id: 4,
+            addr: "h:4".into(),
+            waited: std::time::Duration::from_secs(60),
+        }));
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        assert!(s.message().contains("stays a learner"), "{s}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use bora_proto::coordinator::coordinator_server::{
 use super::error::{RequestError, to_status};
 use super::jobs::JobRequest;
 use super::leases::RangeReport;
+use super::members::{AddMember, member_id};
 use super::state::Coordinator;
 use super::wire;
 use crate::config::check_node;
@@ -360,6 +361,39 @@ impl CoordinatorRpc for CoordinatorService {
             c.storage.remove(&id).await
         };
         answer(r.await.map(|v| self.membership_answer(v)))
+    }
+
+    async fn raft_view(&self, _request: Request<pb::RaftViewRequest>) -> Answer<pb::RaftStatus> {
+        Ok(Response::new(self.c.raft.status().into()))
+    }
+
+    async fn add_coordinator(
+        &self,
+        request: Request<pb::AddCoordinatorRequest>,
+    ) -> Answer<pb::RaftStatus> {
+        let r = async {
+            let m = AddMember::try_from(request.into_inner())?;
+            self.c.add_coordinator(m).await
+        };
+        answer(r.await)
+    }
+
+    async fn remove_coordinator(
+        &self,
+        request: Request<pb::RemoveCoordinatorRequest>,
+    ) -> Answer<pb::RaftStatus> {
+        let r = async {
+            let id = member_id(request.into_inner().id)?;
+            self.c.remove_coordinator(id).await
+        };
+        answer(r.await)
+    }
+
+    async fn export_catalog(
+        &self,
+        _request: Request<pb::ExportCatalogRequest>,
+    ) -> Answer<pb::ExportCatalogResponse> {
+        answer(self.c.export_catalog().await)
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {

@@ -4,10 +4,10 @@
 //! config's `storage-nodes` seed).
 //!
 //! - Without `[raft]` the coordinator is a cluster of one: member 1 at its bound address.
-//! - A new cluster is initialized by the member with the lowest id (a no-op once the
-//!   store has a vote or a log). A member that replaces a dead one with an empty
-//!   `data-dir/raft` must be added by the leader instead (`RaftCatalog::add_member`;
-//!   not yet a command) — do not give it the lowest id of a running cluster.
+//! - A new cluster is initialized by the member with the lowest id, when its store is
+//!   empty and no other configured member answers as part of a cluster (`join`). Any
+//!   other member with an empty store waits to be added by the leader (`bora
+//!   coordinator add`, `RaftCatalog::add_member`).
 //! - **Import**: the first time this member leads and the replicated catalog is empty
 //!   (no snapshot, host or storage node), it proposes its data dir's records and the
 //!   storage seed, then writes `data-dir/raft-imported` so it never imports again.
@@ -22,6 +22,7 @@ use std::time::Duration;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::error::ServiceError;
+use super::join;
 use super::storage;
 use crate::catalog::Catalog;
 use crate::config::CoordinatorConfig;
@@ -66,9 +67,24 @@ pub(super) async fn open(
         rc.election_max_ms = 300;
         rc.heartbeat_ms = 50;
     }
+    let own_addr = rc.addr.clone();
     let catalog = RaftCatalog::open(&rc, GrpcNetwork).await?;
-    if members.keys().next() == Some(&id) {
-        catalog.initialize(members).await?;
+    if !catalog.is_initialized().await? {
+        let lowest = members.keys().next() == Some(&id);
+        let answers = if lowest {
+            join::ask_members(id, &members).await
+        } else {
+            BTreeMap::new()
+        };
+        match join::decide(id, &members, &answers) {
+            join::Start::Initialize => {
+                info!(id, members = ?members.keys().collect::<Vec<_>>(), "making a new cluster");
+                catalog.initialize(members).await?;
+            }
+            join::Start::WaitToBeAdded { found } => {
+                join::log_waiting(id, &own_addr, found.as_ref());
+            }
+        }
     }
     Ok(catalog)
 }

@@ -31,13 +31,13 @@ use crate::raft::{RaftCatalog, RaftCatalogError};
 pub type StoreFactory =
     Arc<dyn Fn(&Membership, &BTreeMap<NodeId, String>) -> Arc<dyn ChunkStore> + Send + Sync>;
 
-const FILE: &str = "membership.json";
+pub(super) const FILE: &str = "membership.json";
 const FORMAT: u32 = 1;
 
-/// `membership.json` (read for the one-time import only).
+/// `membership.json` (read for the one-time import; written by the catalog export).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Saved {
+pub(super) struct Saved {
     format: u32,
     replicas: u32,
     nodes: Vec<StorageNodeEntry>,
@@ -109,6 +109,15 @@ pub(super) fn seed(config: &CoordinatorConfig) -> Result<Vec<Command>, ServiceEr
         commands.push(Command::SetReplicas { replicas });
     }
     Ok(commands)
+}
+
+/// `membership.json`'s content for a membership (the catalog export writes it).
+pub(super) fn saved(replicas: u32, nodes: Vec<StorageNodeEntry>) -> Saved {
+    Saved {
+        format: FORMAT,
+        replicas,
+        nodes,
+    }
 }
 
 /// Whether `dir` holds a `membership.json`.

@@ -24,6 +24,8 @@ use pb::job_status::State;
 use super::*;
 use crate::config::StorageNodeEntry;
 
+mod members;
+
 const CS: u32 = 64 << 10;
 type Client = CoordinatorClient<Channel>;
 

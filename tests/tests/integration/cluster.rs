@@ -88,10 +88,17 @@ impl Up {
 
     /// Starts `bora ROLE --config` for a member again (by hand, as an operator would).
     pub(crate) fn restart(&mut self, role: &str, member: &str) {
+        self.start_member(role, &self.config(member));
+    }
+
+    /// Starts `bora ROLE --config CONFIG` (a member the test wrote a config for) and
+    /// waits for its `started` line; it is killed when the `Up` is dropped.
+    pub(crate) fn start_member(&mut self, role: &str, config: &Path) {
+        let member = config.display().to_string();
         let mut child = Command::new(bora_bin())
             .arg(role)
             .arg("--config")
-            .arg(self.config(member))
+            .arg(config)
             .env_remove("BORA_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
