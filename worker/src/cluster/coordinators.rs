@@ -1,9 +1,11 @@
 //! The coordinators a worker talks to: one gRPC channel to each (connected lazily), the
-//! one new work is asked from, and the move to the next when it is unreachable. Reports
+//! one new work is asked from, and the move to the next when it is unreachable (or to
+//! the leader a coordinator names, learned if it was not configured). Reports
 //! about a lease always go to the coordinator that granted it (lease numbers mean nothing
 //! to another one).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -37,42 +39,64 @@ pub(super) fn unreachable(s: &Status) -> bool {
     )
 }
 
+/// One coordinator: its address, its channel, and whether it knows this worker.
+struct Member {
+    addr: String,
+    client: Client,
+    /// Whether it has been told who this worker is since it was last unreachable.
+    registered: AtomicBool,
+}
+
 pub(super) struct Coordinators {
-    addrs: Vec<String>,
-    clients: Vec<Client>,
+    /// The configured coordinators, then any leader one of them named that was not
+    /// configured (a coordinator added to the cluster later); never shrinks, so an
+    /// index names the same coordinator for the worker's life.
+    members: RwLock<Vec<Arc<Member>>>,
     /// The coordinator new work is asked from.
     current: AtomicUsize,
-    /// Whether each coordinator has been told who this worker is since it was last
-    /// unreachable.
-    registered: Vec<AtomicBool>,
+}
+
+fn member(addr: &str) -> Result<Member, ClusterError> {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|e| ClusterError::Endpoint {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    let channel = endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .connect_lazy();
+    Ok(Member {
+        addr: addr.to_string(),
+        client: CoordinatorClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        registered: AtomicBool::new(false),
+    })
 }
 
 impl Coordinators {
     pub(super) fn new(addrs: &[String]) -> Result<Coordinators, ClusterError> {
-        let clients = addrs
+        let members = addrs
             .iter()
-            .map(|a| {
-                let endpoint = Endpoint::from_shared(format!("http://{a}")).map_err(|e| {
-                    ClusterError::Endpoint {
-                        addr: a.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                let channel = endpoint
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .timeout(CALL_TIMEOUT)
-                    .connect_lazy();
-                Ok(CoordinatorClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES))
-            })
+            .map(|a| member(a).map(Arc::new))
             .collect::<Result<Vec<_>, ClusterError>>()?;
         Ok(Coordinators {
-            addrs: addrs.to_vec(),
-            registered: addrs.iter().map(|_| AtomicBool::new(false)).collect(),
-            clients,
+            members: RwLock::new(members),
             current: AtomicUsize::new(0),
         })
+    }
+
+    fn members(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Member>>> {
+        self.members.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, i: usize) -> Option<Arc<Member>> {
+        self.members().get(i).cloned()
+    }
+
+    fn len(&self) -> usize {
+        self.members().len()
     }
 
     pub(super) fn current(&self) -> usize {
@@ -80,20 +104,20 @@ impl Coordinators {
     }
 
     pub(super) fn client(&self, i: usize) -> Option<Client> {
-        self.clients.get(i).cloned()
+        self.get(i).map(|m| m.client.clone())
     }
 
-    pub(super) fn addr(&self, i: usize) -> &str {
-        self.addrs.get(i).map_or("?", String::as_str)
+    pub(super) fn addr(&self, i: usize) -> String {
+        self.get(i).map_or_else(|| "?".into(), |m| m.addr.clone())
     }
 
     /// Coordinator `i` could not be reached: it must be told who this worker is again,
     /// and if it was the current one, the next one is tried.
     pub(super) fn unreachable(&self, i: usize) {
-        if let Some(r) = self.registered.get(i) {
-            r.store(false, Ordering::Relaxed);
+        if let Some(m) = self.get(i) {
+            m.registered.store(false, Ordering::Relaxed);
         }
-        let next = (i + 1) % self.addrs.len().max(1);
+        let next = (i + 1) % self.len().max(1);
         if self
             .current
             .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -109,19 +133,39 @@ impl Coordinators {
     /// the current one).
     pub(super) fn gone(&self, i: usize) -> bool {
         self.unreachable(i);
-        self.addrs.len() > 1 && self.current() != i
+        self.len() > 1 && self.current() != i
     }
 
     /// Coordinator `i` answered that it is not the leader (UNAVAILABLE with a
-    /// `bora-leader: ID@ADDR` entry): new work is asked from the leader when it is in the
-    /// list. False when the answer names no leader of the list (then try the next one).
+    /// `bora-leader: ID@ADDR` entry): new work is asked from the leader. A leader that is
+    /// not among the coordinators this worker knows (one added to the cluster after the
+    /// worker started) is added to them. False when the answer names no leader, or `i`
+    /// itself (then try the next one).
     pub(super) fn follow_leader(&self, i: usize, s: &Status) -> bool {
         let Some(addr) = leader_addr(s) else {
             return false;
         };
-        let Some(to) = self.addrs.iter().position(|a| bare(a) == addr) else {
-            warn!(leader = %addr, "the leader is not among this worker's coordinators");
-            return false;
+        let known = self.members().iter().position(|m| bare(&m.addr) == addr);
+        let to = match known {
+            Some(to) => to,
+            None => {
+                let new = match member(addr) {
+                    Ok(m) => Arc::new(m),
+                    Err(e) => {
+                        warn!(leader = %addr, error = %e, "the leader's address is not usable");
+                        return false;
+                    }
+                };
+                let mut members = self.members.write().unwrap_or_else(PoisonError::into_inner);
+                match members.iter().position(|m| bare(&m.addr) == addr) {
+                    Some(to) => to,
+                    None => {
+                        members.push(new);
+                        info!(leader = %addr, "the leader is a coordinator this worker did not know; added");
+                        members.len() - 1
+                    }
+                }
+            }
         };
         if to != i
             && self
@@ -142,15 +186,13 @@ impl Coordinators {
         worker: &str,
         heartbeat_ms: u64,
     ) -> Result<(), Status> {
-        let Some(flag) = self.registered.get(i) else {
+        let Some(m) = self.get(i) else {
             return Ok(());
         };
-        if flag.load(Ordering::Relaxed) {
+        if m.registered.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let Some(mut client) = self.client(i) else {
-            return Ok(());
-        };
+        let mut client = m.client.clone();
         let answer = client
             .register_worker(RegisterWorkerRequest {
                 worker: worker.to_string(),
@@ -166,7 +208,7 @@ impl Coordinators {
             );
         }
         info!(coordinator = %answer.coordinator, addr = %self.addr(i), "registered");
-        flag.store(true, Ordering::Relaxed);
+        m.registered.store(true, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -217,6 +259,10 @@ mod tests {
         elsewhere
             .metadata_mut()
             .insert(LEADER_METADATA, "3@127.0.0.1:3".parse().unwrap());
-        assert!(!c.follow_leader(1, &elsewhere), "not in the list");
+        // A leader this worker was not configured with is learned and followed.
+        assert!(c.follow_leader(1, &elsewhere));
+        assert_eq!(c.current(), 2);
+        assert_eq!(c.addr(2), "127.0.0.1:3");
+        assert!(!c.follow_leader(2, &elsewhere), "already there");
     }
 }
