@@ -146,6 +146,11 @@ pub enum RemoteCommand {
     Add(RemoteAddArgs),
     /// List the remotes (tokens are never shown).
     List,
+    /// Remove a remote (its snapshots on the remote site stay).
+    Remove {
+        /// The remote's name.
+        name: String,
+    },
 }
 
 #[derive(Args)]

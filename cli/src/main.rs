@@ -5,6 +5,7 @@ mod cluster;
 mod cmd;
 mod output;
 mod progress;
+mod remote_book;
 mod repair_loop;
 mod replica_site;
 mod replica_source;

@@ -1,7 +1,9 @@
 //! The coordinator process's side of second-site replication: the site it runs as a
 //! receiver (`[replica]` in its config: a TLS listener writing through the site's storage
-//! nodes and committing into its catalog) and as a source (the `Remotes` service on its
-//! main listener and the background replication to `--auto` remotes).
+//! nodes and committing into its catalog — through the coordinators' leader, whichever
+//! coordinator has the listener) and as a source (the `Remotes` service on its main
+//! listener over the remotes of the replicated catalog, and the background replication
+//! to `--auto` remotes, which only the leader runs).
 //!
 //! Both talk to the coordinator over its own gRPC, like any client, and reach the storage
 //! nodes through a `PlacedChunkStore` rebuilt from the membership every [`STORE_TTL`].
@@ -24,6 +26,7 @@ use bora_replica::remotes_service::LocalSite;
 use bora_replica::send::{Source, SourceError};
 use bora_storage_node::placed::PlacedChunkStore;
 
+use crate::remote_book::RaftRemoteBook;
 use crate::replica_source::{ClusterSource, list_snapshots};
 
 /// How long a chunk store built from the membership is reused.
@@ -151,12 +154,14 @@ impl LocalSite for ClusterSite {
     }
 }
 
-/// Sets up replication in the coordinator process: the `Remotes` service (returned, to be
-/// served on the coordinator's listener), the replica listener when `[replica]` is
-/// configured, and the background replication to `--auto` remotes.
+/// Sets up replication in the coordinator process: the `Remotes` service over the
+/// remotes of the replicated catalog `catalog` (returned, to be served on the
+/// coordinator's listener), the replica listener when `[replica]` is configured, and the
+/// background replication to `--auto` remotes (by whichever coordinator leads).
 pub async fn start(
     config: &bora_coordinator::config::CoordinatorConfig,
     coordinator: SocketAddr,
+    catalog: bora_coordinator::raft::RaftCatalog,
 ) -> anyhow::Result<(tonic::service::Routes, Vec<tokio::task::JoinHandle<()>>)> {
     // The other coordinators of the replicated catalog, if any.
     let others: Vec<String> = match &config.raft {
@@ -175,11 +180,20 @@ pub async fn start(
         &others,
     )?);
     let local: Arc<dyn LocalSite> = site.clone();
+    let book = Arc::new(RaftRemoteBook::new(catalog));
+    if book.leads()
+        // A single coordinator leads before it serves: its old remotes.json is there for
+        // the first request. Otherwise the loop imports when this coordinator leads.
+        && let Err(e) = book.import_file(&config.data_dir).await
+    {
+        eprintln!("importing remotes.json: {e}; retrying when leading");
+    }
     let routes = tonic::service::Routes::new(
-        bora_replica::remotes_service::RemotesService::server(config.data_dir.clone(), local),
+        bora_replica::remotes_service::RemotesService::server(book.clone(), local),
     );
     let mut tasks = vec![tokio::spawn(crate::replicate_loop::run(
         config.data_dir.clone(),
+        book,
         site.clone(),
     ))];
     if let Some(r) = &config.replica {

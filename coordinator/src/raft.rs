@@ -1,6 +1,7 @@
 //! The replicated catalog: the coordinator's durable state (snapshot records, hosts,
-//! storage membership, jobs and their accepted range results) as a Raft state machine,
-//! so that a cluster of coordinators survives losing a minority of them.
+//! storage membership, jobs and their accepted range results, the second site's remotes)
+//! as a Raft state machine, so that a cluster of coordinators survives losing a minority
+//! of them.
 //!
 //! ```text
 //!  RaftCatalog (facade) ── propose(Command) ──► openraft::Raft ── AppendEntries/Vote/ ──► peers

@@ -194,6 +194,13 @@ impl BoundCoordinator {
         self.addr
     }
 
+    /// This member of the replicated catalog, for the process's other parts that keep
+    /// their records in it (the second site's remotes): propose on the leader, read
+    /// linearizably, map errors with [`to_status`] (`RequestError::Raft`).
+    pub fn catalog(&self) -> crate::raft::RaftCatalog {
+        self.coordinator.raft.clone()
+    }
+
     /// Lets this coordinator back up live VMs of registered hosts through `live`.
     pub fn with_live_vms(self, live: Arc<dyn LiveVms>) -> BoundCoordinator {
         let _ = self.coordinator.live.set(live);

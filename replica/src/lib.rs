@@ -10,19 +10,21 @@
 //! ```
 //!
 //! - [`remote`]: a remote's definition (URL, trust, token, VMs, auto) and the file that
-//!   keeps the remotes of a repository or cluster;
+//!   keeps a repository's remotes; [`book`]: where remotes are kept, as a trait (the file,
+//!   or a cluster's replicated catalog in the `bora` binary);
 //! - [`tls`], [`link`], [`auth`], [`listen`], [`certgen`]: the secure link — a pinned
 //!   certificate fingerprint or a CA, a bearer token compared in constant time, and
 //!   self-signed material for `bora up`;
 //! - [`receive`]: the receiving service over a [`receive::Site`] (the site's chunk store and
 //!   catalog); [`send`]: the sender over a [`send::Source`];
 //! - [`limit`]: the optional bandwidth limit; [`remotes_service`]: the `Remotes` service a
-//!   cluster's coordinator serves so `bora --cluster … remote add` can keep remotes there.
+//!   cluster's coordinator serves so `bora --cluster … remote add` keeps remotes in its book.
 //!
 //! This crate knows nothing of storage engines or of the coordinator: the `bora` binary
 //! implements `Site` and `Source` over them.
 
 pub mod auth;
+pub mod book;
 pub mod certgen;
 pub mod error;
 pub mod limit;

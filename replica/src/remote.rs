@@ -1,5 +1,7 @@
-//! A remote: another Bora site replicated to, and the file that keeps a repository's or
-//! a cluster's remotes (`remotes.json`, mode 0600: it holds each remote's token).
+//! A remote: another Bora site replicated to, and the file that keeps a repository's
+//! remotes (`remotes.json`, mode 0600: it holds each remote's token). A cluster keeps its
+//! remotes in its replicated catalog; a coordinator's `remotes.json` from before that is
+//! imported once (see [`crate::book`]).
 
 use std::fs;
 use std::io::Write;
@@ -204,19 +206,27 @@ pub fn load(dir: &Path) -> Result<Vec<Remote>, RemoteError> {
 
 /// The remote `name` of `dir`.
 pub fn find(dir: &Path, name: &str) -> Result<Remote, RemoteError> {
-    let all = load(dir)?;
+    find_in(load(dir)?, name)
+}
+
+/// The remote `name` of `all`, or [`RemoteError::Unknown`] naming the known ones.
+pub fn find_in(mut all: Vec<Remote>, name: &str) -> Result<Remote, RemoteError> {
+    match all.iter().position(|r| r.name == name) {
+        Some(i) => Ok(all.swap_remove(i)),
+        None => Err(unknown(name, &all)),
+    }
+}
+
+/// [`RemoteError::Unknown`] for `name`, naming the remotes of `all`.
+pub fn unknown(name: &str, all: &[Remote]) -> RemoteError {
     let known: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
-    let known = match known.is_empty() {
-        true => "none; add one with `bora remote add`".to_string(),
-        false => known.join(", "),
-    };
-    all.iter()
-        .find(|r| r.name == name)
-        .cloned()
-        .ok_or_else(|| RemoteError::Unknown {
-            name: name.to_string(),
-            known,
-        })
+    RemoteError::Unknown {
+        name: name.to_string(),
+        known: match known.is_empty() {
+            true => "none; add one with `bora remote add`".to_string(),
+            false => known.join(", "),
+        },
+    }
 }
 
 /// Adds `remote` to `dir`'s remotes (replacing one of the same name if `replace`).
@@ -228,6 +238,14 @@ pub fn add(dir: &Path, remote: Remote, replace: bool) -> Result<(), RemoteError>
         Some(r) => *r = remote,
         None => all.push(remote),
     }
+    save(dir, all)
+}
+
+/// Removes the remote `name` from `dir`'s remotes.
+pub fn remove(dir: &Path, name: &str) -> Result<(), RemoteError> {
+    find(dir, name)?;
+    let mut all = load(dir)?;
+    all.retain(|r| r.name != name);
     save(dir, all)
 }
 

@@ -1,10 +1,9 @@
-//! The `Remotes` service: a cluster keeps its remotes in its coordinator's data directory
-//! ([`crate::remote`]'s file), so its background replication finds them, and
-//! `bora --cluster URL remote add|list` and `replicate` work from anywhere. Tokens go in
-//! and never come out: `Replicate` runs the sender in the coordinator process, over the
-//! [`LocalSite`] it is given.
+//! The `Remotes` service: a cluster's remotes, kept in a [`RemoteBook`] (the cluster's
+//! replicated catalog), so its background replication finds them whichever coordinator
+//! leads, and `bora --cluster URL remote add|list|remove` and `replicate` work from
+//! anywhere. Tokens go in and never come out: `Replicate` runs the sender in the
+//! coordinator process, over the [`LocalSite`] it is given.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -12,8 +11,9 @@ use bora_proto::replica as pb;
 use bora_proto::replica::remotes_server::{Remotes, RemotesServer};
 use tonic::{Request, Response, Status};
 
+use crate::book::{BookError, RemoteBook};
 use crate::error::chain;
-use crate::remote::{self, Remote, RemoteError};
+use crate::remote::{Remote, RemoteError};
 use crate::send::{self, Options, Report, SendError, Source, SourceError};
 
 /// This cluster as a replication source.
@@ -26,71 +26,63 @@ pub trait LocalSite: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicateError {
     #[error(transparent)]
-    Remote(#[from] RemoteError),
+    Remote(#[from] BookError),
     #[error("this site as a source: {0}")]
     Source(#[from] SourceError),
     #[error(transparent)]
     Send(#[from] SendError),
 }
 
-/// Replicates this site to its remote `name` (kept in `dir`).
+/// Replicates this site to its remote `name` (kept in `book`).
 pub async fn replicate_named(
-    dir: PathBuf,
+    book: &dyn RemoteBook,
     name: &str,
     site: &dyn LocalSite,
     opts: &Options,
 ) -> Result<Report, ReplicateError> {
-    let n = name.to_string();
-    let remote = tokio::task::spawn_blocking(move || remote::find(&dir, &n))
-        .await
-        .map_err(|e| SourceError(e.to_string()))??;
+    let remote = book.find(name).await?;
     let source = site.source().await?;
     Ok(send::replicate(source.as_ref(), &remote, opts, None).await?)
 }
 
-/// Serves the remotes file of `dir` and replication from `site`.
+/// Serves the remotes of `book` and replication from `site`.
 pub struct RemotesService {
-    dir: PathBuf,
+    book: Arc<dyn RemoteBook>,
     site: Arc<dyn LocalSite>,
-    /// One change at a time.
-    lock: tokio::sync::Mutex<()>,
 }
 
 impl RemotesService {
-    pub fn server(dir: PathBuf, site: Arc<dyn LocalSite>) -> RemotesServer<RemotesService> {
-        RemotesServer::new(RemotesService {
-            dir,
-            site,
-            lock: tokio::sync::Mutex::new(()),
-        })
+    pub fn server(
+        book: Arc<dyn RemoteBook>,
+        site: Arc<dyn LocalSite>,
+    ) -> RemotesServer<RemotesService> {
+        RemotesServer::new(RemotesService { book, site })
     }
 }
 
-fn remote_status(e: RemoteError) -> Status {
-    let msg = e.to_string();
+/// The one place a book's error becomes a status.
+pub fn book_status(e: BookError) -> Status {
     match e {
-        RemoteError::Invalid { .. } => Status::invalid_argument(msg),
-        RemoteError::Exists(_) => Status::already_exists(msg),
-        RemoteError::Unknown { .. } => Status::not_found(msg),
-        RemoteError::File { .. } => Status::internal(msg),
+        BookError::Remote(e) => {
+            let msg = e.to_string();
+            match e {
+                RemoteError::Invalid { .. } => Status::invalid_argument(msg),
+                RemoteError::Exists(_) => Status::already_exists(msg),
+                RemoteError::Unknown { .. } => Status::not_found(msg),
+                RemoteError::File { .. } => Status::internal(msg),
+            }
+        }
+        BookError::Catalog(status) => *status,
+        BookError::Task(_) => Status::internal(e.to_string()),
     }
 }
 
 fn replicate_status(e: ReplicateError) -> Status {
     match e {
-        ReplicateError::Remote(e) => remote_status(e),
+        ReplicateError::Remote(e) => book_status(e),
         ReplicateError::Send(SendError::Remote { code, .. }) => Status::new(code, chain(&e)),
         e => Status::unavailable(chain(&e)),
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RemoteError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(remote_status)
 }
 
 #[tonic::async_trait]
@@ -102,9 +94,10 @@ impl Remotes for RemotesService {
         let r = request.into_inner();
         let remote: Remote = serde_json::from_str(&r.remote_json)
             .map_err(|e| Status::invalid_argument(format!("remote: {e}")))?;
-        let _one = self.lock.lock().await;
-        let dir = self.dir.clone();
-        blocking(move || remote::add(&dir, remote, r.replace)).await?;
+        self.book
+            .add(remote, r.replace)
+            .await
+            .map_err(book_status)?;
         Ok(Response::new(pb::AddRemoteResponse {}))
     }
 
@@ -112,14 +105,22 @@ impl Remotes for RemotesService {
         &self,
         _: Request<pb::ListRemotesRequest>,
     ) -> Result<Response<pb::ListRemotesResponse>, Status> {
-        let dir = self.dir.clone();
-        let all = blocking(move || remote::load(&dir)).await?;
+        let all = self.book.list().await.map_err(book_status)?;
         let remote_json = all
             .iter()
             .map(|r| serde_json::to_string(&r.redacted()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ListRemotesResponse { remote_json }))
+    }
+
+    async fn remove_remote(
+        &self,
+        request: Request<pb::RemoveRemoteRequest>,
+    ) -> Result<Response<pb::RemoveRemoteResponse>, Status> {
+        let name = request.into_inner().name;
+        self.book.remove(&name).await.map_err(book_status)?;
+        Ok(Response::new(pb::RemoveRemoteResponse {}))
     }
 
     async fn replicate(
@@ -137,7 +138,7 @@ impl Remotes for RemotesService {
             limit: r.limit,
             batch: defaults.batch,
         };
-        let report = replicate_named(self.dir.clone(), &r.remote, self.site.as_ref(), &opts)
+        let report = replicate_named(self.book.as_ref(), &r.remote, self.site.as_ref(), &opts)
             .await
             .map_err(replicate_status)?;
         let report_json =

@@ -14,5 +14,6 @@ mod integration {
     pub mod nbd_source;
     pub mod quickstart;
     pub mod replicate;
+    pub mod replicate_raft;
     pub mod serve;
 }

@@ -95,7 +95,8 @@ pub async fn coordinator(config: &Path) -> Result<()> {
     let bound = bora_coordinator::service::bind(&cfg, stores)
         .await?
         .with_live_vms(Arc::new(live));
-    let (routes, replication) = crate::replica_site::start(&cfg, bound.local_addr()).await?;
+    let (routes, replication) =
+        crate::replica_site::start(&cfg, bound.local_addr(), bound.catalog()).await?;
     let bound = bound.with_routes(routes);
     announce(&format!("coordinator {} on {}", cfg.id, bound.local_addr()))?;
     let repairs = tokio::spawn(crate::repair_loop::run(

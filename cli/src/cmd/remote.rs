@@ -1,13 +1,17 @@
-//! `bora remote add|list`: the remotes of the local repository (`remotes.json` in it) or,
-//! with `--cluster`, of the cluster (kept by its coordinator, through the `Remotes`
-//! service). The token file's content is copied in; listing never shows it.
+//! `bora remote add|list|remove`: the remotes of the local repository (`remotes.json` in
+//! it) or, with `--cluster`, of the cluster (kept in its replicated catalog, through the
+//! `Remotes` service of the coordinators' leader). The token file's content is copied in;
+//! listing never shows it.
+
+use std::future::Future;
 
 use anyhow::{Context, Result, bail};
 use tonic::transport::{Channel, Endpoint};
 
 use bora_proto::replica::remotes_client::RemotesClient;
-use bora_proto::replica::{AddRemoteRequest, ListRemotesRequest};
-use bora_replica::remote::{self, Remote, Trust};
+use bora_proto::replica::{AddRemoteRequest, ListRemotesRequest, RemoveRemoteRequest};
+use bora_replica::book::{FileBook, RemoteBook};
+use bora_replica::remote::{Remote, Trust};
 
 use crate::cli::{RemoteAddArgs, RemoteCommand};
 use crate::repo::Repo;
@@ -17,17 +21,37 @@ pub async fn run(loc: &Location<'_>, cmd: RemoteCommand, json: bool) -> Result<(
     match cmd {
         RemoteCommand::Add(a) => add(loc, a, json).await,
         RemoteCommand::List => list(loc, json).await,
+        RemoteCommand::Remove { name } => remove(loc, &name, json).await,
     }
 }
 
-/// The `Remotes` service of the first coordinator of `urls` that answers.
-pub async fn remotes_client(urls: &str) -> Result<RemotesClient<Channel>> {
-    let url = crate::cluster::connect(urls).await?.url;
-    let channel = Endpoint::from_shared(url.clone())?
+/// The `Remotes` service of the coordinator at `url`.
+async fn dial(url: &str) -> Result<RemotesClient<Channel>> {
+    let channel = Endpoint::from_shared(url.to_string())?
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))?;
     Ok(RemotesClient::new(channel))
+}
+
+/// Makes `call` on the leader's `Remotes` service, following a `bora-leader` answer (the
+/// lead moved since the leader was found: nothing was done there).
+pub async fn on_leader<T, F, Fut>(urls: &str, what: &str, mut call: F) -> Result<T>
+where
+    F: FnMut(RemotesClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut url = crate::cluster::connect(urls).await?.url;
+    for _ in 0..3 {
+        match call(dial(&url).await?).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) => match crate::cluster::leader_url(&s) {
+                Some(leader) if leader != url => url = leader,
+                _ => return Err(crate::cluster::status_err(what, s)),
+            },
+        }
+    }
+    bail!("{what}: the coordinators' lead keeps moving; try again")
 }
 
 fn from_args(a: &RemoteAddArgs) -> Result<Remote> {
@@ -79,17 +103,18 @@ async fn add(loc: &Location<'_>, a: RemoteAddArgs, json: bool) -> Result<()> {
     match loc {
         Location::Repo(dir) => {
             let repo = Repo::open(dir, false, None)?;
-            remote::add(&repo.dir, r.clone(), a.replace)?;
+            FileBook::new(&repo.dir).add(r.clone(), a.replace).await?;
         }
         Location::Cluster(urls) => {
-            remotes_client(urls)
-                .await?
-                .add_remote(AddRemoteRequest {
-                    remote_json: serde_json::to_string(&r)?,
-                    replace: a.replace,
-                })
-                .await
-                .map_err(|s| crate::cluster::status_err("adding the remote", s))?;
+            let request = AddRemoteRequest {
+                remote_json: serde_json::to_string(&r)?,
+                replace: a.replace,
+            };
+            on_leader(urls, "adding the remote", |mut c| {
+                let request = request.clone();
+                async move { c.add_remote(request).await }
+            })
+            .await?;
         }
     }
     if json {
@@ -121,20 +146,21 @@ fn describe(r: &Remote) -> serde_json::Value {
 
 async fn list(loc: &Location<'_>, json: bool) -> Result<()> {
     let remotes: Vec<Remote> = match loc {
-        Location::Repo(dir) => remote::load(&Repo::open(dir, false, None)?.dir)?,
-        Location::Cluster(urls) => remotes_client(urls)
-            .await?
-            .list_remotes(ListRemotesRequest {})
-            .await
-            .map_err(|s| crate::cluster::status_err("listing remotes", s))?
-            .into_inner()
-            .remote_json
-            .iter()
-            .map(|j| {
-                serde_json::from_str(j)
-                    .context("the coordinator sent a remote this bora cannot read")
-            })
-            .collect::<Result<_>>()?,
+        Location::Repo(dir) => {
+            FileBook::new(&Repo::open(dir, false, None)?.dir)
+                .list()
+                .await?
+        }
+        Location::Cluster(urls) => on_leader(urls, "listing remotes", |mut c| async move {
+            c.list_remotes(ListRemotesRequest {}).await
+        })
+        .await?
+        .remote_json
+        .iter()
+        .map(|j| {
+            serde_json::from_str(j).context("the coordinator sent a remote this bora cannot read")
+        })
+        .collect::<Result<_>>()?,
     };
     if json {
         let all: Vec<_> = remotes.iter().map(describe).collect();
@@ -152,4 +178,29 @@ async fn list(loc: &Location<'_>, json: bool) -> Result<()> {
         println!("{}\t{}\t{}\t{vms}{auto}", r.name, r.url, trust(r));
     }
     Ok(())
+}
+
+async fn remove(loc: &Location<'_>, name: &str, json: bool) -> Result<()> {
+    match loc {
+        Location::Repo(dir) => {
+            let repo = Repo::open(dir, false, None)?;
+            FileBook::new(&repo.dir).remove(name).await?;
+        }
+        Location::Cluster(urls) => {
+            let request = RemoveRemoteRequest {
+                name: name.to_string(),
+            };
+            on_leader(urls, "removing the remote", |mut c| {
+                let request = request.clone();
+                async move { c.remove_remote(request).await }
+            })
+            .await?;
+        }
+    }
+    if json {
+        crate::output::json(&serde_json::json!({ "removed": name }))
+    } else {
+        println!("remote {name} removed");
+        Ok(())
+    }
 }

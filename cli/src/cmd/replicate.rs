@@ -39,19 +39,19 @@ pub async fn run(loc: &Location<'_>, args: ReplicateArgs, json: bool) -> Result<
             replicate(&source, &remote, &opts, Some(progress)).await?
         }
         Location::Cluster(urls) => {
-            let r = super::remote::remotes_client(urls)
-                .await?
-                .replicate(ReplicateRequest {
-                    remote: args.to.clone(),
-                    vms: args.vm,
-                    streams: u32::try_from(args.streams).unwrap_or(u32::MAX),
-                    limit: args.limit.unwrap_or(0),
-                })
-                .await
-                .map_err(|s| {
-                    crate::cluster::status_err(&format!("replicating to {}", args.to), s)
-                })?;
-            serde_json::from_str(&r.into_inner().report_json)
+            let request = ReplicateRequest {
+                remote: args.to.clone(),
+                vms: args.vm,
+                streams: u32::try_from(args.streams).unwrap_or(u32::MAX),
+                limit: args.limit.unwrap_or(0),
+            };
+            let what = format!("replicating to {}", args.to);
+            let r = super::remote::on_leader(urls, &what, |mut c| {
+                let request = request.clone();
+                async move { c.replicate(request).await }
+            })
+            .await?;
+            serde_json::from_str(&r.report_json)
                 .context("the coordinator sent a report this bora cannot read")?
         }
     };

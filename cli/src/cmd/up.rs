@@ -337,7 +337,10 @@ async fn start_members(
         } else {
             String::new()
         };
-        // The second-site listener (in `nodes`) belongs to the first coordinator only.
+        // The second-site listener (in `nodes`) belongs to the first coordinator only: a
+        // remote is one URL (its certificate and the senders name it), and the listener
+        // needs no lead — it commits through whichever coordinator leads. While
+        // coordinator-1 is down this site receives nothing (senders retry).
         let tables = if i == 0 {
             nodes.clone()
         } else {

@@ -53,6 +53,17 @@ pub enum Command {
     /// the snapshot record in the same step (the record's parent is the VM's latest
     /// snapshot, as [`Parent::Latest`]).
     EndJob { job: String, end: JobEnd },
+    /// Keeps a second-site remote (`bora remote add`). `remote` is its definition as the
+    /// replica crate writes it: a JSON object, validated there (URL, trust, token), whose
+    /// `name` is `name`; this crate keeps it opaque. One of the same name is replaced only
+    /// with `replace`.
+    AddRemote {
+        name: String,
+        remote: String,
+        replace: bool,
+    },
+    /// Forgets a remote. Refused if there is none of that name.
+    RemoveRemote { name: String },
 }
 
 /// How a committed snapshot record gets its parent.
@@ -172,6 +183,7 @@ pub enum Applied {
         view: StorageView,
     },
     Host,
+    Remote,
     JobStarted {
         ranges: u64,
     },
@@ -201,6 +213,10 @@ pub enum Refusal {
     HostExists { name: String },
     #[error("no host {name} is registered")]
     NoHost { name: String },
+    #[error("a remote named {name} exists already (pass --replace to change it)")]
+    RemoteExists { name: String },
+    #[error("no remote named {name}")]
+    NoRemote { name: String },
     #[error("storage node {id} is not a member")]
     UnknownNode { id: String },
     #[error("job {job} is unknown")]

@@ -67,6 +67,7 @@ pub enum Key {
         id: String,
     },
     Host(String),
+    Remote(String),
     StorageNode(String),
     /// Replicas and the sequence counters.
     Counters,
@@ -88,6 +89,11 @@ pub struct CatalogState {
     pub storage: StorageView,
     pub jobs: BTreeMap<String, JobState>,
     pub counters: Counters,
+    /// Second-site remotes: name → definition (JSON, opaque here; see
+    /// [`Command::AddRemote`]). Absent from snapshots made before remotes were
+    /// replicated.
+    #[serde(default)]
+    pub remotes: BTreeMap<String, String>,
 }
 
 /// Sequence counters and settings kept as one record.
@@ -119,6 +125,7 @@ impl Default for CatalogState {
             },
             jobs: BTreeMap::new(),
             counters: Counters::default(),
+            remotes: BTreeMap::new(),
         }
     }
 }
@@ -251,6 +258,26 @@ impl CatalogState {
                 }
                 touched.push(Key::Host(name.clone()));
                 Ok(Applied::Host)
+            }
+            Command::AddRemote {
+                name,
+                remote,
+                replace,
+            } => {
+                check_remote(name, remote).map_err(invalid)?;
+                if self.remotes.contains_key(name) && !replace {
+                    return Err(Refusal::RemoteExists { name: name.clone() });
+                }
+                self.remotes.insert(name.clone(), remote.clone());
+                touched.push(Key::Remote(name.clone()));
+                Ok(Applied::Remote)
+            }
+            Command::RemoveRemote { name } => {
+                if self.remotes.remove(name).is_none() {
+                    return Err(Refusal::NoRemote { name: name.clone() });
+                }
+                touched.push(Key::Remote(name.clone()));
+                Ok(Applied::Remote)
             }
             Command::StartJob(start) => self.start_job(start, touched),
             Command::AcceptRange {
@@ -460,6 +487,19 @@ impl CatalogState {
             self.jobs.remove(&id);
             touched.push(Key::Job(id));
         }
+    }
+}
+
+/// What the catalog itself checks of a remote: a valid name, and a JSON object that
+/// names itself so (the rest is the replica crate's to validate before proposing).
+fn check_remote(name: &str, remote: &str) -> Result<(), String> {
+    check_name("remote name", name)?;
+    let value: serde_json::Value = serde_json::from_str(remote)
+        .map_err(|e| format!("remote {name}: its definition is not JSON: {e}"))?;
+    match value.get("name").and_then(|n| n.as_str()) {
+        Some(n) if n == name => Ok(()),
+        Some(n) => Err(format!("remote {name}: its definition is named {n}")),
+        None => Err(format!("remote {name}: its definition has no name")),
     }
 }
 

@@ -12,6 +12,10 @@
 //! | `storage` | storage node id | its address |
 //! | `jobs` | job id | the job's header (JSON, without its ranges) |
 //! | `ranges` | `job/disk/index` (zero-padded) | the accepted `RangeDone` (JSON) |
+//! | `remotes` | remote name | its definition (JSON, with its token) |
+//!
+//! A store made before a column family existed (`remotes`) gains it empty when opened
+//! (`create_missing_column_families`).
 //!
 //! **Durability: every write is a synced RocksDB write** (`WriteOptions::set_sync`: the
 //! WAL is fsynced before the call returns). A log append is acknowledged to openraft only
@@ -29,6 +33,7 @@ mod sm;
 #[cfg(test)]
 mod tests;
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,8 +59,9 @@ pub(crate) const CF_HOSTS: &str = "hosts";
 pub(crate) const CF_STORAGE: &str = "storage";
 pub(crate) const CF_JOBS: &str = "jobs";
 pub(crate) const CF_RANGES: &str = "ranges";
+pub(crate) const CF_REMOTES: &str = "remotes";
 
-const ALL_CFS: [&str; 9] = [
+const ALL_CFS: [&str; 10] = [
     CF_LOG,
     CF_RAFT,
     CF_SM,
@@ -65,10 +71,18 @@ const ALL_CFS: [&str; 9] = [
     CF_STORAGE,
     CF_JOBS,
     CF_RANGES,
+    CF_REMOTES,
 ];
 
 /// The column families holding the catalog's records (replaced whole by a snapshot).
-pub(crate) const STATE_CFS: [&str; 5] = [CF_SNAPSHOTS, CF_HOSTS, CF_STORAGE, CF_JOBS, CF_RANGES];
+pub(crate) const STATE_CFS: [&str; 6] = [
+    CF_SNAPSHOTS,
+    CF_HOSTS,
+    CF_STORAGE,
+    CF_JOBS,
+    CF_RANGES,
+    CF_REMOTES,
+];
 
 /// Why the store could not be opened or used.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +118,12 @@ pub enum StoreError {
         what: String,
         reason: String,
     },
+    #[error("raft store {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("raft store {path}: no column family {name:?}")]
     MissingColumnFamily { path: PathBuf, name: &'static str },
     #[error("raft store: blocking task: {0}")]
@@ -130,6 +150,17 @@ impl Drop for SetOnDrop {
 
 impl Db {
     fn open(path: &Path) -> Result<Db, StoreError> {
+        // Private to the coordinator's user: the catalog holds the remotes' tokens.
+        let dir_err = |source| StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(dir_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);

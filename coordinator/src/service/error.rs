@@ -147,8 +147,10 @@ fn raft_status(e: RaftCatalogError, msg: String) -> Status {
         RaftCatalogError::Refused(r) => match r {
             Refusal::DuplicateSnapshot { .. }
             | Refusal::HostExists { .. }
+            | Refusal::RemoteExists { .. }
             | Refusal::DuplicateJob { .. } => Status::already_exists(msg),
             Refusal::NoHost { .. }
+            | Refusal::NoRemote { .. }
             | Refusal::UnknownNode { .. }
             | Refusal::UnknownJob { .. }
             | Refusal::NoSuchRange { .. } => Status::not_found(msg),

@@ -18,7 +18,7 @@ const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 256 << 10;
 
 /// What `bora up --replica-listen` wrote for senders.
-fn replica_info(site: &Up) -> Value {
+pub(crate) fn replica_info(site: &Up) -> Value {
     let text = std::fs::read_to_string(site.data.join("replica/remote.json")).expect("remote.json");
     serde_json::from_str(&text).expect("remote.json is JSON")
 }
@@ -41,7 +41,7 @@ fn site_b(env: &Env, nodes: u32, insecure: bool) -> Up {
     Up::start_in(env, "site-b", &args)
 }
 
-fn s(v: &Value) -> &str {
+pub(crate) fn s(v: &Value) -> &str {
     v.as_str().expect("a string")
 }
 
@@ -57,7 +57,7 @@ fn chunks_on(env: &Env, site: &Up) -> u64 {
         .sum()
 }
 
-fn snapshot_ids(env: &Env, site: &Up) -> Vec<String> {
+pub(crate) fn snapshot_ids(env: &Env, site: &Up) -> Vec<String> {
     let v = env.json(&site.args(&["snapshots"]));
     v["snapshots"]
         .as_array()
@@ -68,7 +68,7 @@ fn snapshot_ids(env: &Env, site: &Up) -> Vec<String> {
         .collect()
 }
 
-fn restore_identical(env: &Env, site: &Up, id: &str, disk: &str, want: &Path) {
+pub(crate) fn restore_identical(env: &Env, site: &Up, id: &str, disk: &str, want: &Path) {
     let out = env.path(&format!("restored-{id}.raw"));
     env.ok(&site.args(&[
         "restore",

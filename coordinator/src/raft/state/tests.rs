@@ -366,3 +366,109 @@ fn forgetting_snapshots_removes_only_the_vms_named_records() {
         "a VM with none left is gone"
     );
 }
+
+/// A remote's definition as the replica crate would write it (opaque to the catalog).
+fn remote_json(name: &str, url: &str) -> String {
+    serde_json::json!({ "name": name, "url": url, "token": "t0ken" }).to_string()
+}
+
+fn add_remote(name: &str, url: &str, replace: bool) -> Command {
+    Command::AddRemote {
+        name: name.into(),
+        remote: remote_json(name, url),
+        replace,
+    }
+}
+
+#[test]
+fn remotes_are_replaced_only_when_asked_and_removed_only_when_there() {
+    let mut s = CatalogState::default();
+    assert_eq!(
+        s.apply(&add_remote("dr", "https://a:1", false)),
+        (Ok(Applied::Remote), vec![Key::Remote("dr".into())])
+    );
+    assert_eq!(
+        s.apply(&add_remote("dr", "https://b:1", false)).0,
+        Err(Refusal::RemoteExists { name: "dr".into() })
+    );
+    assert_eq!(s.remotes["dr"], remote_json("dr", "https://a:1"));
+    assert!(s.apply(&add_remote("dr", "https://b:1", true)).0.is_ok());
+    assert_eq!(s.remotes["dr"], remote_json("dr", "https://b:1"));
+    assert_eq!(
+        s.apply(&Command::RemoveRemote { name: "x".into() }).0,
+        Err(Refusal::NoRemote { name: "x".into() })
+    );
+    assert_eq!(
+        s.apply(&Command::RemoveRemote { name: "dr".into() }),
+        (Ok(Applied::Remote), vec![Key::Remote("dr".into())])
+    );
+    assert!(s.remotes.is_empty());
+    // What the catalog checks itself: the name, and a JSON object of that name.
+    for (name, remote) in [
+        ("bad/name", remote_json("bad/name", "https://a:1")),
+        ("dr", "not json".to_string()),
+        ("dr", remote_json("other", "https://a:1")),
+        ("dr", "{}".to_string()),
+    ] {
+        let c = Command::AddRemote {
+            name: name.into(),
+            remote,
+            replace: true,
+        };
+        assert!(
+            matches!(s.apply(&c), (Err(Refusal::Invalid { .. }), ref t) if t.is_empty()),
+            "{c:?} accepted"
+        );
+    }
+    assert!(s.remotes.is_empty());
+}
+
+#[test]
+fn a_state_saved_before_remotes_were_replicated_loads_without_them() {
+    let mut s = CatalogState::default();
+    assert!(s.apply(&start("j1", "vm1", &[1])).0.is_ok());
+    let mut value = serde_json::to_value(&s).unwrap();
+    value.as_object_mut().unwrap().remove("remotes");
+    let old: CatalogState = serde_json::from_value(value).unwrap();
+    assert_eq!(old, s);
+    assert!(old.remotes.is_empty());
+}
+
+proptest! {
+    #[test]
+    fn remotes_follow_a_model_of_adds_replaces_and_removes(
+        ops in vec((0..4usize, 0..3u8, any::<bool>(), any::<bool>()), 0..60)
+    ) {
+        let mut s = CatalogState::default();
+        let mut model: BTreeMap<String, String> = BTreeMap::new();
+        for (n, (name, version, remove, replace)) in ops.into_iter().enumerate() {
+            let name = format!("r{name}");
+            let c = match remove {
+                true => Command::RemoveRemote { name: name.clone() },
+                false => add_remote(&name, &format!("https://h{version}:{n}"), replace),
+            };
+            let (outcome, touched) = s.apply(&c);
+            let existed = model.contains_key(&name);
+            match &c {
+                Command::RemoveRemote { .. } => {
+                    prop_assert_eq!(outcome.is_ok(), existed);
+                    model.remove(&name);
+                }
+                Command::AddRemote { remote, .. } => {
+                    prop_assert_eq!(outcome.is_ok(), !existed || replace);
+                    if outcome.is_ok() {
+                        model.insert(name.clone(), remote.clone());
+                    }
+                }
+                _ => unreachable!(),
+            }
+            match outcome {
+                Ok(_) => prop_assert_eq!(touched, vec![Key::Remote(name)]),
+                Err(_) => prop_assert!(touched.is_empty()),
+            }
+            prop_assert_eq!(&s.remotes, &model);
+        }
+        let text = serde_json::to_vec(&s).unwrap();
+        prop_assert_eq!(serde_json::from_slice::<CatalogState>(&text).unwrap(), s);
+    }
+}

@@ -4,7 +4,9 @@
 use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use super::{CF_HOSTS, CF_JOBS, CF_RANGES, CF_SM, CF_SNAPSHOTS, CF_STORAGE, Db, StoreError};
+use super::{
+    CF_HOSTS, CF_JOBS, CF_RANGES, CF_REMOTES, CF_SM, CF_SNAPSHOTS, CF_STORAGE, Db, StoreError,
+};
 use crate::raft::command::{JobDisk, JobStatus, RangeDone};
 use crate::raft::state::{CatalogState, Counters, JobState, Key, StoredSnapshot};
 
@@ -87,6 +89,13 @@ pub(super) fn write_touched<'a>(
                     None => batch.delete_cf(cf, name),
                 }
             }
+            Key::Remote(name) => {
+                let cf = db.cf(CF_REMOTES)?;
+                match state.remotes.get(name) {
+                    Some(r) => batch.put_cf(cf, name, r),
+                    None => batch.delete_cf(cf, name),
+                }
+            }
             Key::StorageNode(id) => {
                 let cf = db.cf(CF_STORAGE)?;
                 match state.storage.nodes.get(id) {
@@ -165,6 +174,7 @@ pub(super) fn replace_all(
         }));
     }
     keys.extend(state.hosts.keys().map(|h| Key::Host(h.clone())));
+    keys.extend(state.remotes.keys().map(|r| Key::Remote(r.clone())));
     keys.extend(
         state
             .storage
@@ -219,6 +229,11 @@ pub(super) fn load(db: &Db) -> Result<CatalogState, StoreError> {
         state
             .hosts
             .insert(text("host name", &k)?, unjson(db, "host", &v)?);
+    }
+    for (k, v) in rows(CF_REMOTES)? {
+        state
+            .remotes
+            .insert(text("remote name", &k)?, text("remote", &v)?);
     }
     for (k, v) in rows(CF_STORAGE)? {
         state.storage.nodes.insert(

@@ -47,6 +47,11 @@ async fn the_catalog_survives_a_reopen_and_travels_in_a_snapshot() {
             addr: "127.0.0.1:7001".into(),
         },
         Command::SetReplicas { replicas: 3 },
+        Command::AddRemote {
+            name: "dr".into(),
+            remote: r#"{"name":"dr","url":"https://dr:7300"}"#.into(),
+            replace: false,
+        },
         start("j2", "vm2", &[3]),
         accept("j2", 0, 2, 4),
     ];
@@ -62,6 +67,7 @@ async fn the_catalog_survives_a_reopen_and_travels_in_a_snapshot() {
     let before = sm.reader().read().state.clone();
     assert_eq!(before.latest("vm1").map(|m| m.id.as_str()), Some("j1"));
     assert_eq!(before.jobs["j2"].done.len(), 1);
+    assert_eq!(before.remotes.len(), 1);
     let snapshot = sm
         .get_snapshot_builder()
         .await
@@ -77,7 +83,7 @@ async fn the_catalog_survives_a_reopen_and_travels_in_a_snapshot() {
         "rows reload to the same state"
     );
     let (applied, _) = sm2.applied_state().await.unwrap();
-    assert_eq!(applied, Some(log_id(1, 0, 9)));
+    assert_eq!(applied, Some(log_id(1, 0, 10)));
     let current = sm2.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
     log2.purge(log_id(1, 0, 5)).await.unwrap();
@@ -101,4 +107,35 @@ async fn the_catalog_survives_a_reopen_and_travels_in_a_snapshot() {
     drop(sm3);
     let (_, sm3) = open(other.path()).unwrap();
     assert_eq!(sm3.reader().read().state, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_made_before_remotes_were_replicated_opens_privately_and_keeps_them() {
+    let dir = TempDir::new().unwrap();
+    {
+        // The column families of a store written by an earlier build.
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let old: Vec<&str> = ALL_CFS.into_iter().filter(|c| *c != CF_REMOTES).collect();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), old).unwrap();
+        assert!(db.cf_handle(CF_REMOTES).is_none());
+    }
+    let (log, mut sm) = open(dir.path()).unwrap();
+    assert!(sm.reader().read().state.remotes.is_empty());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the store holds tokens: private");
+    let add = Command::AddRemote {
+        name: "dr".into(),
+        remote: r#"{"name":"dr","url":"https://dr:7300"}"#.into(),
+        replace: false,
+    };
+    assert!(sm.apply(vec![entry(1, add)]).await.unwrap()[0].is_ok());
+    drop((log, sm));
+    let (_, sm) = open(dir.path()).unwrap();
+    assert_eq!(
+        sm.reader().read().state.remotes["dr"],
+        r#"{"name":"dr","url":"https://dr:7300"}"#
+    );
 }
