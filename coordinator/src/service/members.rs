@@ -95,9 +95,12 @@ impl Coordinator {
 
     /// The whole catalog, read linearizably at one point.
     pub(super) async fn export_catalog(&self) -> Result<pb::ExportCatalogResponse, RequestError> {
-        let (snapshots, hosts, storage) = self
+        let (snapshots, hosts, storage, remote_json) = self
             .raft
-            .read(|s| (s.list(None), s.hosts.clone(), s.storage.clone()))
+            .read(|s| {
+                let remotes = s.remotes.values().cloned().collect::<Vec<_>>();
+                (s.list(None), s.hosts.clone(), s.storage.clone(), remotes)
+            })
             .await?;
         let status = self.raft.status();
         let json = |what: &str, r: serde_json::Result<String>| {
@@ -128,6 +131,7 @@ impl Coordinator {
                 .collect(),
             term: status.term,
             applied: status.applied,
+            remote_json,
         })
     }
 }

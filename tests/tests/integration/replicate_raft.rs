@@ -135,6 +135,22 @@ fn auto_replication_goes_on_under_a_new_leader_and_commits_through_the_receivers
     restore_identical(&env, &b, &ids[0], "disk", &v1);
     restore_identical(&env, &b, &ids[1], "disk", &img);
 
+    // A catalog export carries the remote (owner-only: its token is in it), as the
+    // remotes.json a fresh coordinator imports.
+    let export = env.path("catalog-export");
+    env.ok(&a.args(&["catalog", "export", "--to", export.to_str().unwrap()]));
+    let file = export.join("remotes.json");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("remotes.json")).unwrap();
+    assert_eq!(doc["remotes"][0]["name"], "dr", "{doc}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "remotes.json is readable by others: {mode:o}"
+    );
+
     // Removed through the cluster: gone for every coordinator.
     env.ok(&a.args(&["remote", "remove", "dr"]));
     let listed = env.json(&a.args(&["remote", "list"]));
