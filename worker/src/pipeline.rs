@@ -7,6 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
+
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, debug, info_span, warn};
@@ -56,15 +58,65 @@ struct Hashed {
     data: Option<(Digest, Bytes)>,
 }
 
-/// Digests this job has already sent (or found stored), so a chunk repeated within a job
-/// is uploaded once even when two batches ask the store at the same time.
+/// Digests this job has stored, and those being sent now, so a chunk repeated within a
+/// job is uploaded once even when two batches ask the store at the same time. A batch
+/// that finds a digest being sent by another waits for that put; if the put fails or is
+/// abandoned (its range's task stopped), the waiting batch sends the chunk itself. A
+/// digest counts as stored only once a put of it succeeded, so a result never names a
+/// chunk that no put stored.
 #[derive(Default)]
-pub struct SeenDigests(Mutex<HashSet<Digest>>);
+pub struct SeenDigests(Mutex<HashMap<Digest, watch::Receiver<Option<bool>>>>);
+
+/// What [`SeenDigests::claim`] found.
+enum Claim {
+    /// This batch sends it; the guard says how that went.
+    Mine(Sending),
+    /// A put of it succeeded.
+    Stored,
+    /// Another batch is sending it: `Some(true)` once stored, `Some(false)` (or a closed
+    /// channel) if that failed.
+    Pending(watch::Receiver<Option<bool>>),
+}
+
+/// A digest this batch sends. Dropped without [`Sending::stored`], it tells waiting
+/// batches the put failed.
+struct Sending(watch::Sender<Option<bool>>);
+
+impl Sending {
+    fn stored(self) {
+        self.0.send_replace(Some(true));
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(false);
+                return true;
+            }
+            false
+        });
+    }
+}
 
 impl SeenDigests {
-    /// Marks `d` seen; true if it was not seen before.
-    fn claim(&self, d: Digest) -> bool {
-        self.0.lock().map(|mut s| s.insert(d)).unwrap_or(true)
+    fn claim(&self, d: Digest) -> Claim {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(rx) = map.get(&d) {
+            match *rx.borrow() {
+                Some(true) => return Claim::Stored,
+                None if rx.has_changed().is_ok() => return Claim::Pending(rx.clone()),
+                // Failed or abandoned: this batch takes it over.
+                _ => {}
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(d, rx);
+        Claim::Mine(Sending(tx))
     }
 }
 
@@ -226,6 +278,8 @@ async fn store_batch(
             .collect()
     };
     let mut to_encode = Vec::new();
+    let mut sending = Vec::new();
+    let mut waits = Vec::new();
     for h in batch {
         result.stats.bytes_read += h.bytes_read;
         match h.data {
@@ -235,20 +289,50 @@ async fn store_batch(
             }
             Some((digest, data)) => {
                 result.entries.push((h.index, Some(digest)));
-                if missing.contains(&digest) && seen.claim(digest) {
-                    to_encode.push((digest, data));
-                } else {
+                if !missing.contains(&digest) {
                     result.stats.chunks_reused += 1;
+                    continue;
+                }
+                match seen.claim(digest) {
+                    Claim::Mine(s) => {
+                        to_encode.push((digest, data));
+                        sending.push(s);
+                    }
+                    Claim::Stored => result.stats.chunks_reused += 1,
+                    Claim::Pending(rx) => waits.push((digest, data, rx)),
                 }
             }
         }
     }
-    if to_encode.is_empty() {
-        progress.add(covered);
-        return Ok(result);
+    put_chunks(store, to_encode, level, &mut result).await?;
+    for s in sending {
+        s.stored();
+    }
+    // Chunks another batch was sending: reused once its put succeeded, else sent here.
+    let mut again = Vec::new();
+    for (digest, data, mut rx) in waits {
+        match rx.wait_for(Option::is_some).await.map(|v| *v) {
+            Ok(Some(true)) => result.stats.chunks_reused += 1,
+            _ => again.push((digest, data)),
+        }
+    }
+    put_chunks(store, again, level, &mut result).await?;
+    progress.add(covered);
+    Ok(result)
+}
+
+/// Compresses `chunks` (in parallel) and puts them as one pack; adds to `result`'s counts.
+async fn put_chunks(
+    store: &dyn ChunkStore,
+    chunks: Vec<(Digest, Bytes)>,
+    level: i32,
+    result: &mut RangeResult,
+) -> Result<(), WorkerError> {
+    if chunks.is_empty() {
+        return Ok(());
     }
     let encoded: Vec<EncodedChunk> =
-        futures::future::try_join_all(to_encode.into_iter().map(|(digest, data)| async move {
+        futures::future::try_join_all(chunks.into_iter().map(|(digest, data)| async move {
             tokio::task::spawn_blocking(move || chunk::encode_with_digest(digest, &data, level))
                 .await
                 .map_err(|e| WorkerError::Internal(e.to_string()))?
@@ -259,8 +343,7 @@ async fn store_batch(
     result.stats.chunks_new += outcome.chunks_new;
     result.stats.chunks_reused += outcome.chunks_existing;
     result.stats.bytes_uploaded += outcome.bytes_written;
-    progress.add(covered);
-    Ok(result)
+    Ok(())
 }
 
 /// Backs up every chunk of `task.range`: the result has one entry per chunk.
@@ -391,6 +474,150 @@ impl bora_core::job::RangeWorker for SourceWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use bora_core::store::memory::MemoryChunkStore;
+    use bora_core::store::{PutOutcome, StoreError};
+
+    /// A memory store whose first `fail` puts fail.
+    #[derive(Default)]
+    struct Flaky {
+        inner: MemoryChunkStore,
+        fail: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ChunkStore for Flaky {
+        async fn missing(&self, digests: &[Digest]) -> Result<Vec<bool>, StoreError> {
+            self.inner.missing(digests).await
+        }
+        async fn put(&self, chunks: Vec<EncodedChunk>) -> Result<PutOutcome, StoreError> {
+            let failing = self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                return Err(StoreError::Backend("the disk is full".into()));
+            }
+            self.inner.put(chunks).await
+        }
+        async fn read(&self, digest: &Digest) -> Result<Bytes, StoreError> {
+            self.inner.read(digest).await
+        }
+    }
+
+    fn hashed(index: usize, byte: u8) -> Hashed {
+        let data = Bytes::from(vec![byte; 4096]);
+        Hashed {
+            index,
+            len: 4096,
+            bytes_read: 4096,
+            data: Some((Digest::of(&data), data)),
+        }
+    }
+
+    /// Every digest a result names is in the store.
+    async fn all_stored(store: &dyn ChunkStore, r: &RangeResult) {
+        for (i, d) in &r.entries {
+            if let Some(d) = d {
+                store
+                    .read(d)
+                    .await
+                    .unwrap_or_else(|e| panic!("chunk {i}: {e}"));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_put_leaves_its_chunks_to_the_next_batch() {
+        let store = Flaky::default();
+        let seen = SeenDigests::default();
+        let progress = Progress::default();
+        store.fail.store(1, Ordering::SeqCst);
+        let e = store_batch(
+            &store,
+            &seen,
+            vec![hashed(0, 1), hashed(1, 2)],
+            1,
+            &progress,
+        )
+        .await;
+        assert!(e.is_err());
+        // The range is tried again (same job, same worker): the chunks are sent, not taken
+        // for sent.
+        let r = store_batch(
+            &store,
+            &seen,
+            vec![hashed(0, 1), hashed(1, 2)],
+            1,
+            &progress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.stats.chunks_new, 2);
+        all_stored(&store, &r).await;
+        // Now they are stored: a third batch reuses them.
+        let r = store_batch(&store, &seen, vec![hashed(5, 1)], 1, &progress)
+            .await
+            .unwrap();
+        assert_eq!((r.stats.chunks_new, r.stats.chunks_reused), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_batch_waiting_for_anothers_chunk_sends_it_when_that_put_fails() {
+        let store = Flaky::default();
+        let seen = SeenDigests::default();
+        let progress = Progress::default();
+        // Batch A claims chunk X and stalls; batch B needs X too and waits for A.
+        let Claim::Mine(a) = seen.claim(hashed(0, 7).data.unwrap().0) else {
+            panic!("the first claim is the claimer's");
+        };
+        let b = store_batch(
+            &store,
+            &seen,
+            vec![hashed(3, 7), hashed(4, 8)],
+            1,
+            &progress,
+        );
+        tokio::pin!(b);
+        tokio::select! {
+            _ = &mut b => panic!("B must wait for A's put"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        // A is abandoned (its range's task stopped): B sends X itself.
+        drop(a);
+        let r = b.await.unwrap();
+        assert_eq!(r.stats.chunks_new, 2);
+        all_stored(&store, &r).await;
+    }
+
+    #[tokio::test]
+    async fn the_same_chunk_in_concurrent_batches_is_sent_once() {
+        let store = Flaky::default();
+        let seen = SeenDigests::default();
+        let progress = Progress::default();
+        let (a, b) = tokio::join!(
+            store_batch(
+                &store,
+                &seen,
+                vec![hashed(0, 9), hashed(1, 10)],
+                1,
+                &progress
+            ),
+            store_batch(
+                &store,
+                &seen,
+                vec![hashed(2, 9), hashed(3, 11)],
+                1,
+                &progress
+            ),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.stats.chunks_new + b.stats.chunks_new, 3);
+        all_stored(&store, &a).await;
+        all_stored(&store, &b).await;
+    }
 
     #[test]
     fn intersections() {
