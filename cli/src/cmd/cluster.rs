@@ -267,14 +267,18 @@ pub async fn init(urls: &str, args: InitArgs, json: bool) -> Result<()> {
 /// `cancel JOB`: ends a running job without a commit.
 pub async fn cancel(urls: &str, job: &str, json: bool) -> Result<()> {
     let mut c = connect(urls).await?;
+    // Cancelling twice answers the ended job's status: safe to ask again through a
+    // leader change.
+    let request = CancelJobRequest {
+        job: job.to_string(),
+    };
     let s = c
-        .client
-        .cancel_job(CancelJobRequest {
-            job: job.to_string(),
+        .call(|mut client| {
+            let request = request.clone();
+            async move { client.cancel_job(request).await }
         })
         .await
-        .map_err(|s| status_err(&format!("cancelling job {job}"), s))?
-        .into_inner();
+        .map_err(|s| status_err(&format!("cancelling job {job}"), s))?;
     let state = state_name(s.state);
     if json {
         output::json(&serde_json::json!({"job": s.job, "vm": s.vm, "state": state}))
