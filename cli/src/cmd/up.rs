@@ -61,12 +61,15 @@ fn plan(listen: &str, storage_nodes: usize, coordinators: usize) -> Result<Plan>
         .parse()
         .map_err(|_| anyhow!("--listen {listen}: expected IP:PORT, e.g. 127.0.0.1:0"))?;
     let ip = addr.ip();
-    let pick = |n: u16| -> Result<SocketAddr> {
+    let mut seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+        | 1;
+    let mut pick = |n: u16| -> Result<SocketAddr> {
         if addr.port() == 0 {
             // Bind and release: the member binds the same port a moment later.
-            let l = TcpListener::bind((ip, 0))
-                .with_context(|| format!("cannot find a free port on {ip}"))?;
-            Ok(l.local_addr()?)
+            free_port(ip, &mut seed)
         } else {
             let port = addr
                 .port()
@@ -75,9 +78,11 @@ fn plan(listen: &str, storage_nodes: usize, coordinators: usize) -> Result<Plan>
             Ok(SocketAddr::new(ip, port))
         }
     };
-    let port_of = |i: usize| pick(u16::try_from(i).unwrap_or(u16::MAX));
-    let storage = (1..=storage_nodes).map(port_of).collect::<Result<_>>()?;
-    let mut all = vec![pick(0)?];
+    let mut port_of = |i: usize| pick(u16::try_from(i).unwrap_or(u16::MAX));
+    let storage = (1..=storage_nodes)
+        .map(&mut port_of)
+        .collect::<Result<_>>()?;
+    let mut all = vec![port_of(0)?];
     for i in 1..coordinators {
         all.push(port_of(storage_nodes + i)?);
     }
@@ -85,6 +90,35 @@ fn plan(listen: &str, storage_nodes: usize, coordinators: usize) -> Result<Plan>
         coordinators: all,
         storage,
     })
+}
+
+/// A port of `ip` free now, for a member that binds it a moment later. Picked below the
+/// kernel's ephemeral range (`ip_local_port_range`), where outgoing connections take
+/// their local ports: a port the kernel handed out (port 0) could be taken by one of the
+/// members' own connections before the member it was meant for starts. Falls back to
+/// port 0.
+fn free_port(ip: std::net::IpAddr, seed: &mut u32) -> Result<SocketAddr> {
+    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 20_000;
+    if ephemeral_min > LOW + 1000 {
+        let span = u32::from(ephemeral_min - LOW);
+        for _ in 0..200 {
+            // xorshift: a different sequence per process and start.
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 17;
+            *seed ^= *seed << 5;
+            let port = LOW + u16::try_from(*seed % span).unwrap_or(0);
+            if let Ok(l) = TcpListener::bind((ip, port)) {
+                return Ok(l.local_addr()?);
+            }
+        }
+    }
+    let l =
+        TcpListener::bind((ip, 0)).with_context(|| format!("cannot find a free port on {ip}"))?;
+    Ok(l.local_addr()?)
 }
 
 fn toml_str(s: &str) -> String {

@@ -197,6 +197,25 @@ pub(crate) fn kill9(pid: u64) {
     assert!(st.success());
 }
 
+/// [`kill9`], then waits until the process is gone (reaped or a zombie: its files, the
+/// data directory's lock among them, are closed), so it can be started again at once.
+pub(crate) fn kill9_and_wait(pid: u64) {
+    kill9(pid);
+    wait_for(
+        &format!("process {pid} to end"),
+        Duration::from_secs(10),
+        || {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => true,
+                // The state follows the command's closing parenthesis.
+                Ok(stat) => stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            }
+        },
+    );
+}
+
 /// Waits until `f` holds (checked every 50 ms), or panics after `limit`.
 pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -504,7 +523,7 @@ fn cluster_jobs_outlive_the_cli_and_a_coordinator_restart() {
         .as_u64()
         .unwrap();
     wait_running(&env, &up, "mail");
-    kill9(coord);
+    kill9_and_wait(coord);
     up.restart("coordinator", "coordinator-1");
     let r = finished(backup);
     assert_eq!(r["vm"], "mail");
