@@ -162,11 +162,25 @@ impl CatalogState {
             .map(|s| &s.meta)
     }
 
-    fn has_snapshot(&self, id: &str) -> bool {
+    /// The snapshot `id`, of whichever VM.
+    pub fn find(&self, id: &str) -> Option<&SnapshotMeta> {
         self.snapshots
             .values()
             .flatten()
-            .any(|s| s.meta.id.as_str() == id)
+            .map(|s| &s.meta)
+            .find(|m| m.id.as_str() == id)
+    }
+
+    fn has_snapshot(&self, id: &str) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// Whether job `id` is (or was, and its snapshot is kept) a job of `vm`.
+    pub fn job_of_vm(&self, id: &str, vm: &str) -> bool {
+        match self.jobs.get(id) {
+            Some(j) => j.vm == vm,
+            None => self.find(id).is_some_and(|m| m.vm == vm),
+        }
     }
 
     /// Applies one command: the state changes only if the outcome is `Ok`. Returns the

@@ -291,10 +291,7 @@ impl Coordinator {
             ReplicatedStatus::Cancelled => Phase::Cancelled,
             ReplicatedStatus::Running => Phase::Running,
             ReplicatedStatus::Committed => {
-                let meta = self
-                    .raft
-                    .read(|s| s.list(None).into_iter().find(|m| m.id.as_str() == job.0))
-                    .await;
+                let meta = self.raft.read(|s| s.find(&job.0).cloned()).await;
                 match meta.map(|m| m.map(|m| serde_json::to_string(&m))) {
                     Ok(Some(Ok(snapshot_json))) => Phase::Committed { snapshot_json },
                     _ => Phase::Failed {

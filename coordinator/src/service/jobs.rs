@@ -247,17 +247,7 @@ impl Coordinator {
             Ok(_) => {}
             Err(RaftCatalogError::Refused(Refusal::DuplicateJob { .. })) => {
                 // Started (or even ended) by an earlier try of this request: WaitJob tells.
-                let same_vm = self
-                    .raft
-                    .read(|s| {
-                        s.jobs
-                            .get(&job.0)
-                            .map(|j| j.vm == req.vm)
-                            .unwrap_or_else(|| {
-                                s.list(Some(&req.vm)).iter().any(|m| m.id.as_str() == job.0)
-                            })
-                    })
-                    .await?;
+                let same_vm = self.raft.read(|s| s.job_of_vm(&job.0, &req.vm)).await?;
                 if same_vm {
                     return Ok(job);
                 }
@@ -373,11 +363,7 @@ impl Coordinator {
         }
         let (state, meta) = self
             .raft
-            .read(|s| {
-                let state = s.jobs.get(&job.0).cloned();
-                let meta = s.list(None).into_iter().find(|m| m.id.as_str() == job.0);
-                (state, meta)
-            })
+            .read(|s| (s.jobs.get(&job.0).cloned(), s.find(&job.0).cloned()))
             .await?;
         let view = |vm: String, phase| JobView {
             job: job.clone(),
@@ -395,8 +381,6 @@ impl Coordinator {
             return Err(RequestError::UnknownJob(job.clone()));
         };
         let phase = match state.status {
-            ReplicatedStatus::Failed { error } => Phase::Failed { error },
-            ReplicatedStatus::Cancelled => Phase::Cancelled,
             ReplicatedStatus::Committed => Phase::Failed {
                 error: "committed, but its snapshot has been forgotten since (bora prune)".into(),
             },
@@ -405,6 +389,7 @@ impl Coordinator {
                     "job {job} is being taken over by this leader; ask again"
                 )));
             }
+            status => self.ended_phase(job, status).await,
         };
         Ok(view(state.vm, phase))
     }

@@ -272,22 +272,29 @@ impl Coordinator {
         }
         let result = RangeResult { entries, stats };
         let mut core = self.core();
-        let commit = match core.table.complete(id, result.clone())? {
-            Completion::Ignored(Stale::JobEnded) => {
+        let commit = match core.table.check_complete(id)? {
+            Some(Stale::JobEnded) => {
                 info!("the job ended while its range was accepted");
                 return Ok(false);
             }
-            // The catalog took it: the table follows the catalog.
-            Completion::Ignored(_) => {
-                core.table
-                    .mark_done(&lease.job, lease.disk, lease.index, result)?
-            }
-            Completion::Accepted { commit, superseded } => {
-                if let Some(s) = superseded {
-                    info!(superseded = %s.worker, "range done by an expired lease; its new holder was superseded");
+            // The catalog took it although this lease went stale meanwhile: the table
+            // follows the catalog.
+            Some(_) => core
+                .table
+                .mark_done(&lease.job, lease.disk, lease.index, result)?,
+            None => match core.table.complete(id, result)? {
+                Completion::Accepted { commit, superseded } => {
+                    if let Some(s) = superseded {
+                        info!(superseded = %s.worker, "range done by an expired lease; its new holder was superseded");
+                    }
+                    commit
                 }
-                commit
-            }
+                Completion::Ignored(why) => {
+                    return Err(RequestError::Internal(format!(
+                        "lease {wire}: the lease table refused a result it had just checked ({why:?})"
+                    )));
+                }
+            },
         };
         core.update_progress(&lease.job);
         info!("range done");

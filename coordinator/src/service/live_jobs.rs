@@ -231,13 +231,7 @@ impl Coordinator {
             return Ok(true);
         }
         let id = id.to_string();
-        Ok(self
-            .raft
-            .read(|s| {
-                s.jobs.get(&id).is_some_and(|j| j.vm == vm)
-                    || s.list(Some(vm)).iter().any(|m| m.id.as_str() == id)
-            })
-            .await?)
+        Ok(self.raft.read(|s| s.job_of_vm(&id, vm)).await?)
     }
 
     /// Waits for `job` to end, then releases its VM's disks.

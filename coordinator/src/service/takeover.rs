@@ -24,7 +24,7 @@ use bora_core::job::RangeResult;
 use super::epoch::Epoch;
 use super::error::RequestError;
 use super::jobs::{Phase, job_request};
-use super::state::Coordinator;
+use super::state::{Coordinator, Core};
 use crate::lease::{JobId, LeaseTable};
 use crate::raft::command::JobStatus as ReplicatedStatus;
 use crate::raft::state::JobState;
@@ -66,16 +66,24 @@ pub(super) async fn run_leadership(c: Arc<Coordinator>) {
     }
 }
 
+impl Core {
+    /// An empty lease table and no jobs, with lease numbers of `epoch`; not serving
+    /// (`leading` is set once a takeover is done).
+    fn reset(&mut self, epoch: Epoch) {
+        self.leading = None;
+        self.epoch = epoch;
+        self.table = LeaseTable::new(self.table.config().clone());
+        self.jobs.clear();
+        self.ended.clear();
+    }
+}
+
 impl Coordinator {
     /// Forgets the leases and jobs of a leadership that ended.
     pub(super) fn step_down(&self) {
         let mut core = self.core();
         let running = core.jobs.len();
-        core.leading = None;
-        core.epoch = Epoch::NONE;
-        core.table = LeaseTable::new(core.table.config().clone());
-        core.jobs.clear();
-        core.ended.clear();
+        core.reset(Epoch::NONE);
         drop(core);
         info!(
             jobs = running,
@@ -89,14 +97,7 @@ impl Coordinator {
     /// Becomes the leader of `term`: a new lease table with every running job of the
     /// replicated catalog in it.
     pub(super) async fn take_over(self: Arc<Self>, term: u64) -> Result<(), RequestError> {
-        {
-            let mut core = self.core();
-            core.leading = None;
-            core.epoch = Epoch::of(term, self.start);
-            core.table = LeaseTable::new(core.table.config().clone());
-            core.jobs.clear();
-            core.ended.clear();
-        }
+        self.core().reset(Epoch::of(term, self.start));
         let running: Vec<(String, JobState)> = self
             .raft
             .read(|s| {

@@ -342,13 +342,34 @@ async fn bad_requests_are_invalid_argument() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("power of two"), "{}", e.message());
 
-    start_job(c, "vm1", vec![disk("a", 8 * cs)]).await;
+    let job = start_job(c, "vm1", vec![disk("a", 8 * cs)]).await;
     let l = lease(c, "w1").await.unwrap();
     let mut entries = read_range(&store, &l).await;
     let expect_invalid = |e: tonic::Status, needle: &str| {
         assert_eq!(e.code(), Code::InvalidArgument, "{e}");
         assert!(e.message().contains(needle), "{needle}: {}", e.message());
     };
+    // A job id the client chose must be a snapshot id, and not another VM's job.
+    let e = c
+        .start_backup(request("vm2", vec![disk("a", cs)], Some("not an id")))
+        .await
+        .unwrap_err();
+    expect_invalid(e, "job id \"not an id\"");
+    let e = c
+        .start_backup(request("vm2", vec![disk("a", cs)], Some(&job)))
+        .await
+        .unwrap_err();
+    expect_invalid(e, "is taken by another VM's job or snapshot");
+    // The refused requests changed nothing: vm1's job goes on, vm2 has none.
+    assert_eq!(wait(c, &job, 0).await.state(), State::Running);
+    assert!(
+        c.list_snapshots(pb::ListSnapshotsRequest { vm: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot_json
+            .is_empty()
+    );
 
     let mut short = entries.clone();
     short[1].digest = Bytes::from_static(&[7; 31]);
